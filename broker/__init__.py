@@ -1,0 +1,1 @@
+"""edgemq's base package: cluster config, errors, topic rules, the ring, and the broker process."""
