@@ -1,0 +1,603 @@
+"""The store-and-forward buffer: a write-ahead log in one ordinary SQLite file.
+
+How it works
+------------
+Every uplink record is appended as a row of ``messages`` under a ``seq`` that only
+grows and is never reused, not even after deletes, reopen or a crash (see "Seq"
+below); the forwarder reads rows in seq order (which is also per-device order)
+and acknowledges them once upstream has them, which deletes them. One call of
+:meth:`Buffer.append_many` is one transaction: that is the group commit.
+
+Accounting: ``accepted == forwarded + sum(dropped) + depth`` always holds, in
+memory and on disk. ``accepted`` counts every record offered to the buffer
+(including those then refused), and every record leaves by exactly one door:
+forwarded (acked), or dropped for a reason in :data:`DROP_REASONS`. The counters
+live in the ``meta`` table and are written in the same transaction as the rows
+they describe, so a crash cannot unbalance them.
+
+Capacity: a record that does not fit (``max_messages``/``max_bytes``, size =
+UTF-8 topic + payload) either evicts the oldest rows (``drop_oldest``, counted
+``overflow``) or is refused (``reject_new``, counted ``rejected``). A record larger
+than ``max_bytes`` can never fit and is refused whatever its policy. Records older
+than ``ttl_s`` are deleted (``expired``) rather than read.
+
+Storage errors: if SQLite fails during an append (disk full is SQLITE_FULL, also
+I/O errors), the transaction is rolled back, the whole batch is counted
+``error``, the :class:`AppendResult` carries the exception, and the buffer stays
+usable. Nothing is raised for it: the caller decides what the failure means
+(the async shell turns it into a ``StoreFull``/``StoreError`` for each waiter).
+If even the counters cannot be written, they stay in memory and ride along with
+the next transaction that succeeds (every transaction writes all counters).
+
+Seq: ``last_seq`` is committed with its rows. In the ``os``/``relaxed`` modes the
+last commits may be lost on power loss, so seqs could be handed out twice; to
+prevent that, seqs are issued only under a ``seq_reserved`` ceiling that is always
+committed with a full fsync, a block at a time. A clean close lowers the ceiling
+to ``last_seq``; after a crash, numbering resumes above the ceiling (a gap).
+
+Time: ``enqueued_at`` never decreases (it is ``max(now, newest enqueued_at)``), so
+the oldest rows are always a prefix in seq order and expiry deletes a prefix. A
+wall clock stepped backwards makes new records look as old as the newest one.
+
+What it does not do
+-------------------
+No networking, no clocks (every method that needs time takes ``now``), no
+threads, no logging, no translation of sqlite3 exceptions into edgemq errors
+(``bridge.store`` does that, once). One ``Buffer`` is used from one thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import sqlite_utils
+
+from broker.errors import StoreError
+
+__all__ = [
+    "DROP_REASONS",
+    "AppendResult",
+    "Buffer",
+    "BufferStats",
+    "Durability",
+    "Overflow",
+    "Record",
+    "Stored",
+]
+
+Durability = Literal["fsync", "os", "relaxed"]
+Overflow = Literal["drop_oldest", "reject_new"]
+
+#: Why a record left the buffer without being forwarded.
+#: ``external``: rows found missing at open (deleted by hand); counted so the books balance.
+DROP_REASONS: tuple[str, ...] = ("overflow", "expired", "rejected", "error", "external")
+
+SCHEMA_VERSION = 1
+#: How many seqs one fsynced reservation covers; the largest gap a crash can leave.
+SEQ_BLOCK = 10_000
+
+_SYNCHRONOUS: dict[str, str] = {"fsync": "FULL", "os": "NORMAL", "relaxed": "OFF"}
+_COUNTERS: tuple[str, ...] = (
+    "accepted",
+    "forwarded",
+    *(f"dropped_{r}" for r in DROP_REASONS),
+    "peak_depth_messages",
+    "peak_depth_bytes",
+    "last_seq",
+    "seq_reserved",
+)
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+_CHUNK = 500  # ids per IN (...) list, well under SQLite's variable limit
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One uplink message offered to the buffer."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+    device: str = ""
+    overflow: Overflow = "drop_oldest"
+
+    @property
+    def size(self) -> int:
+        """Bytes counted against ``max_bytes``: UTF-8 topic plus payload."""
+        return len(self.topic.encode()) + len(self.payload)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """One buffered message, as read back for forwarding."""
+
+    seq: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    device: str
+    enqueued_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Outcome of one :meth:`Buffer.append_many` (one transaction).
+
+    ``seqs[i]`` is the seq given to ``records[i]``, or ``None`` if it was refused
+    (``rejected``) or the transaction failed (``error`` is then set and every
+    entry is ``None``). A record may get a seq and be evicted by a later record of
+    the same batch (``drop_oldest``); it was accepted and then dropped ``overflow``.
+    """
+
+    seqs: tuple[int | None, ...]
+    evicted: int = 0
+    expired: int = 0
+    error: sqlite3.Error | None = None
+
+    @property
+    def stored(self) -> int:
+        """How many records of the batch got a seq."""
+        return sum(s is not None for s in self.seqs)
+
+
+@dataclass(frozen=True, slots=True)
+class BufferStats:
+    """A frozen snapshot of the buffer (trio style), peak included.
+
+    Counters survive restarts; ``commits`` counts transactions since open.
+    """
+
+    depth_messages: int
+    depth_bytes: int
+    oldest_enqueued_at: float | None
+    oldest_age_s: float | None
+    head_seq: int | None
+    tail_seq: int | None
+    accepted: int
+    forwarded: int
+    dropped: dict[str, int]
+    peak_depth_messages: int
+    peak_depth_bytes: int
+    last_seq: int
+    max_messages: int
+    max_bytes: int
+    commits: int
+
+
+class _Unusable(Exception):
+    """The file is not a usable buffer (corrupt, not SQLite, or someone else's schema)."""
+
+
+class Buffer:
+    """The synchronous write-ahead log. Create with :meth:`Buffer.open`."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: str,
+        *,
+        max_messages: int,
+        max_bytes: int,
+        ttl_s: float | None,
+        durability: Durability,
+        recovered_from: Path | None,
+    ) -> None:
+        self._conn = conn
+        self.path = path
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.ttl_s = ttl_s
+        self.durability: Durability = durability
+        #: Where a corrupt file found at open was moved to, if one was.
+        self.recovered_from = recovered_from
+        #: Transactions committed since open (group-commit efficiency).
+        self.commits = 0
+        self._closed = False
+        self._c: dict[str, int] = {}
+        self._depth = 0
+        self._bytes = 0
+        self._last_enq = float("-inf")
+        self._load()
+
+    # ----------------------------------------------------------------- opening
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        max_messages: int,
+        max_bytes: int,
+        ttl_s: float | None = None,
+        durability: Durability = "os",
+    ) -> Buffer:
+        """Open (or create) the buffer file at ``path`` (``":memory:"`` for tests).
+
+        A corrupt or foreign file is renamed ``<name>.corrupt-<n>`` (with its
+        ``-wal``/``-shm``), never deleted, and a fresh buffer is started;
+        ``recovered_from`` then names the moved file. Other sqlite3 errors (locked,
+        unreadable) propagate.
+        """
+        if max_messages < 1 or max_bytes < 1:
+            raise ValueError("max_messages and max_bytes must be at least 1")
+        if ttl_s is not None and ttl_s < 0:
+            raise ValueError("ttl_s must be >= 0 or None")
+        if durability not in _SYNCHRONOUS:
+            raise ValueError(f"durability must be one of {sorted(_SYNCHRONOUS)}")
+        target = str(path)
+        recovered: Path | None = None
+        if target != ":memory:":
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = _connect(target, durability)
+        except _Unusable:
+            recovered = _move_aside(Path(target))
+            conn = _connect(target, durability)
+        return cls(
+            conn,
+            target,
+            max_messages=max_messages,
+            max_bytes=max_bytes,
+            ttl_s=ttl_s,
+            durability=durability,
+            recovered_from=recovered,
+        )
+
+    def _load(self) -> None:
+        conn = self._conn
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        self._c = {k: int(meta.get(k, 0)) for k in _COUNTERS}
+        depth, size = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM messages").fetchone()
+        tail = conn.execute("SELECT seq, enqueued_at FROM messages ORDER BY seq DESC LIMIT 1").fetchone()
+        self._depth, self._bytes = int(depth), int(size)
+        if tail is not None:
+            self._last_enq = float(tail[1])
+        c = self._c
+        before = dict(c)
+        # Resume above anything that may have been handed out before a crash.
+        c["last_seq"] = max(c["last_seq"], c["seq_reserved"], int(tail[0]) if tail else 0)
+        c["seq_reserved"] = max(c["seq_reserved"], c["last_seq"])
+        # Rows added or removed behind our back: book them so the invariant holds.
+        expected = c["accepted"] - c["forwarded"] - sum(c[f"dropped_{r}"] for r in DROP_REASONS)
+        if self._depth < expected:
+            c["dropped_external"] += expected - self._depth
+        elif self._depth > expected:
+            c["accepted"] += self._depth - expected
+        c["peak_depth_messages"] = max(c["peak_depth_messages"], self._depth)
+        c["peak_depth_bytes"] = max(c["peak_depth_bytes"], self._bytes)
+        if c != before:
+            with self._txn():
+                pass
+
+    # ------------------------------------------------------------ transactions
+
+    @contextlib.contextmanager
+    def _txn(self) -> Iterator[None]:
+        """One write transaction; all counters are written with it. On failure the
+        in-memory state goes back to what it was and the exception propagates."""
+        saved = (dict(self._c), self._depth, self._bytes, self._last_enq)
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield
+            conn.executemany("UPDATE meta SET value = ? WHERE key = ?", [(v, k) for k, v in self._c.items()])
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            self._c, self._depth, self._bytes, self._last_enq = saved
+            raise
+        self.commits += 1
+
+    @contextlib.contextmanager
+    def _durable(self) -> Iterator[None]:
+        """Run the enclosed transaction with a full fsync whatever the mode."""
+        mode = _SYNCHRONOUS[self.durability]
+        if mode != "FULL":
+            self._conn.execute("PRAGMA synchronous = FULL")
+        try:
+            yield
+        finally:
+            if mode != "FULL":
+                self._conn.execute(f"PRAGMA synchronous = {mode}")
+
+    def _reserve(self, n: int) -> None:
+        need = self._c["last_seq"] + n
+        if need <= self._c["seq_reserved"]:
+            return
+        with self._durable(), self._txn():
+            self._c["seq_reserved"] = need + SEQ_BLOCK
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("buffer is closed", hint="open it again", path=self.path)
+
+    # ------------------------------------------------------------------ append
+
+    def append_many(self, records: Sequence[Record], now: float) -> AppendResult:
+        """Append a batch in one transaction (the group commit); see the module doc."""
+        self._check_open()
+        n = len(records)
+        if n == 0:
+            return AppendResult(())
+        try:
+            self._reserve(n)
+            with self._txn():
+                expired = self._expire_in_txn(now)
+                seqs, evicted = self._insert(records, now)
+        except sqlite3.Error as exc:
+            self._c["accepted"] += n
+            self._c["dropped_error"] += n
+            # Best effort; if this fails too, the next good transaction carries them.
+            with contextlib.suppress(sqlite3.Error), self._txn():
+                pass
+            return AppendResult((None,) * n, error=exc)
+        return AppendResult(tuple(seqs), evicted=evicted, expired=expired)
+
+    def _insert(self, records: Sequence[Record], now: float) -> tuple[list[int | None], int]:
+        c = self._c
+        enq = max(now, self._last_enq)
+        seqs: list[int | None] = []
+        rows: list[tuple[int, str, bytes, int, int, str, float, int]] = []
+        first_live = 0  # rows[:first_live] were evicted by later rows of this batch
+        head = self._head_rows()
+        evict_upto = 0
+        overflow = rejected = 0
+        for rec in records:
+            size = rec.size
+            if self._depth + 1 > self.max_messages or self._bytes + size > self.max_bytes:
+                if size > self.max_bytes or rec.overflow == "reject_new":
+                    rejected += 1
+                    seqs.append(None)
+                    continue
+                while self._depth + 1 > self.max_messages or self._bytes + size > self.max_bytes:
+                    old = next(head, None)
+                    if old is not None:
+                        evict_upto, old_size = old
+                    else:
+                        old_size = rows[first_live][7]
+                        first_live += 1
+                    self._depth -= 1
+                    self._bytes -= old_size
+                    overflow += 1
+            seq = c["last_seq"] + 1
+            c["last_seq"] = seq
+            rows.append((seq, rec.topic, rec.payload, rec.qos, int(rec.retain), rec.device, enq, size))
+            seqs.append(seq)
+            self._depth += 1
+            self._bytes += size
+            c["peak_depth_messages"] = max(c["peak_depth_messages"], self._depth)
+            c["peak_depth_bytes"] = max(c["peak_depth_bytes"], self._bytes)
+        if evict_upto:
+            self._conn.execute("DELETE FROM messages WHERE seq <= ?", (evict_upto,))
+        if len(rows) > first_live:
+            self._conn.executemany(
+                "INSERT INTO messages (seq, topic, payload, qos, retain, device, enqueued_at, size)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows[first_live:],
+            )
+            self._last_enq = enq
+        c["accepted"] += len(records)
+        c["dropped_overflow"] += overflow
+        c["dropped_rejected"] += rejected
+        return seqs, overflow
+
+    def _head_rows(self) -> Iterator[tuple[int, int]]:
+        """Existing rows oldest first, as (seq, size), fetched lazily in chunks."""
+        after = 0
+        while True:
+            chunk = self._conn.execute(
+                "SELECT seq, size FROM messages WHERE seq > ? ORDER BY seq LIMIT ?", (after, _CHUNK)
+            ).fetchall()
+            if not chunk:
+                return
+            yield from ((int(s), int(z)) for s, z in chunk)
+            after = int(chunk[-1][0])
+
+    # ------------------------------------------------------------- read / ack
+
+    def read(self, after_seq: int, limit: int, now: float) -> list[Stored]:
+        """Up to ``limit`` messages with seq > ``after_seq``, in seq order; expires first."""
+        self._check_open()
+        self.expire(now)
+        cur = self._conn.execute(
+            "SELECT seq, topic, payload, qos, retain, device, enqueued_at FROM messages"
+            " WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        )
+        return [Stored(s, t, bytes(p), q, bool(r), d, e) for s, t, p, q, r, d, e in cur]
+
+    def ack(self, seqs: Iterable[int]) -> int:
+        """Delete forwarded rows (any order) and count them; unknown seqs are ignored.
+
+        Returns how many rows were actually removed. sqlite3 errors propagate after
+        rollback (the rows stay and will be forwarded again: at-least-once).
+        """
+        self._check_open()
+        wanted = sorted(set(seqs))
+        if not wanted:
+            return 0
+        removed = 0
+        with self._txn():
+            for i in range(0, len(wanted), _CHUNK):
+                chunk = wanted[i : i + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                cur = self._conn.execute(f"DELETE FROM messages WHERE seq IN ({marks}) RETURNING size", chunk)
+                for (size,) in cur.fetchall():
+                    removed += 1
+                    self._bytes -= int(size)
+            self._depth -= removed
+            self._c["forwarded"] += removed
+        return removed
+
+    # ------------------------------------------------------------------ expiry
+
+    def expire(self, now: float) -> int:
+        """Delete and count (``expired``) every message at least ``ttl_s`` old."""
+        self._check_open()
+        if self.ttl_s is None:
+            return 0
+        head = self._conn.execute("SELECT enqueued_at FROM messages ORDER BY seq LIMIT 1").fetchone()
+        if head is None or float(head[0]) > now - self.ttl_s:
+            return 0
+        with self._txn():
+            return self._expire_in_txn(now)
+
+    def _expire_in_txn(self, now: float) -> int:
+        if self.ttl_s is None:
+            return 0
+        cutoff = now - self.ttl_s
+        count = freed = upto = 0
+        after = 0
+        while True:
+            chunk = self._conn.execute(
+                "SELECT seq, size, enqueued_at FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, _CHUNK),
+            ).fetchall()
+            stop = not chunk
+            for seq, size, enq in chunk:
+                if float(enq) > cutoff:
+                    stop = True
+                    break
+                count, freed, upto = count + 1, freed + int(size), int(seq)
+            if stop:
+                break
+            after = int(chunk[-1][0])
+        if count:
+            self._conn.execute("DELETE FROM messages WHERE seq <= ?", (upto,))
+            self._depth -= count
+            self._bytes -= freed
+            self._c["dropped_expired"] += count
+        return count
+
+    # ------------------------------------------------------- stats / lifecycle
+
+    def statistics(self, now: float) -> BufferStats:
+        """A frozen snapshot; ``oldest_age_s`` is measured at ``now``."""
+        self._check_open()
+        c = self._c
+        head = self._conn.execute("SELECT seq, enqueued_at FROM messages ORDER BY seq LIMIT 1").fetchone()
+        tail = self._conn.execute("SELECT seq FROM messages ORDER BY seq DESC LIMIT 1").fetchone()
+        oldest = float(head[1]) if head else None
+        return BufferStats(
+            depth_messages=self._depth,
+            depth_bytes=self._bytes,
+            oldest_enqueued_at=oldest,
+            oldest_age_s=None if oldest is None else max(0.0, now - oldest),
+            head_seq=int(head[0]) if head else None,
+            tail_seq=int(tail[0]) if tail else None,
+            accepted=c["accepted"],
+            forwarded=c["forwarded"],
+            dropped={r: c[f"dropped_{r}"] for r in DROP_REASONS},
+            peak_depth_messages=c["peak_depth_messages"],
+            peak_depth_bytes=c["peak_depth_bytes"],
+            last_seq=c["last_seq"],
+            max_messages=self.max_messages,
+            max_bytes=self.max_bytes,
+            commits=self.commits,
+        )
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Flush counters durably, lower the seq ceiling (no gap next time), close."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            with self._durable(), self._txn():
+                self._c["seq_reserved"] = self._c["last_seq"]
+        except sqlite3.Error:
+            pass  # the next open resumes above the old ceiling: a gap, never a reuse
+        finally:
+            self._conn.close()
+
+
+# ------------------------------------------------------------------ file level
+
+
+def _connect(target: str, durability: Durability) -> sqlite3.Connection:
+    """Connect, set pragmas, check integrity and create/verify the schema."""
+    conn = sqlite3.connect(target, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[durability]}")
+        conn.execute("PRAGMA journal_size_limit = 67108864")
+        check = conn.execute("PRAGMA quick_check").fetchall()
+        if check != [("ok",)]:
+            raise _Unusable(f"quick_check: {check[:3]}")
+        _ensure_schema(conn)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        if (exc.sqlite_errorcode & 0xFF) in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+            raise _Unusable(str(exc)) from exc
+        raise
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _ensure_schema(conn: sqlite3.Connection) -> None:
+    db = sqlite_utils.Database(conn)
+    tables = set(db.table_names())
+    ours = {"messages", "meta"}
+    if tables and not ours <= tables:
+        raise _Unusable(f"not an edgemq buffer (tables: {sorted(tables)})")
+    if not tables:
+        db.table("messages").create(
+            {
+                "seq": int,
+                "topic": str,
+                "payload": bytes,
+                "qos": int,
+                "retain": int,
+                "device": str,
+                "enqueued_at": float,
+                "size": int,
+            },
+            pk="seq",
+            not_null=["topic", "payload", "qos", "retain", "device", "enqueued_at", "size"],
+            strict=True,
+        )
+        db.table("meta").create({"key": str, "value": int}, pk="key", not_null=["value"], strict=True)
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is not None and int(row[0]) > SCHEMA_VERSION:
+        raise StoreError(
+            f"buffer schema {row[0]} is newer than this edgemq ({SCHEMA_VERSION})",
+            hint="run a newer edgemq or point it at another file",
+            path=conn.execute("PRAGMA database_list").fetchone()[2],
+        )
+    # Idempotent: also repairs a crash between CREATE TABLE and this insert.
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+        [("schema_version", SCHEMA_VERSION), *((k, 0) for k in _COUNTERS)],
+    )
+    conn.execute("COMMIT")
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename a bad file (and its -wal/-shm) to ``<name>.corrupt-<n>``; return the new path."""
+    n = 1
+    while path.with_name(f"{path.name}.corrupt-{n}").exists():
+        n += 1
+    dest = path.with_name(f"{path.name}.corrupt-{n}")
+    path.rename(dest)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            side.rename(dest.with_name(dest.name + suffix))
+    return dest
