@@ -1,0 +1,1 @@
+"""The thin composition root for the ``edgemq`` command (cluster up/down/status, and each component)."""

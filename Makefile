@@ -1,0 +1,49 @@
+# edgemq — the two commands a newcomer needs: `make cluster-up` and `make test`.
+# Both create the virtual environment (.venv, pinned deps from pyproject.toml) if missing.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+CONFIG ?= cluster.toml
+DEVICES ?= 0
+RATE ?= 1
+
+.PHONY: venv test test-all lint cluster-up cluster-down cluster-status bench bench-ring clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## test: the whole default suite (unit, property, integration with real processes)
+test: $(STAMP)
+	$(PY) -m pytest
+
+## test-all: also the slow soaks and scenarios
+test-all: $(STAMP)
+	$(PY) -m pytest -m ''
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+## cluster-up: cloud broker + site plant-1 (3 edge brokers), supervised; DEVICES=200 adds a fleet
+cluster-up: $(STAMP)
+	$(VENV)/bin/edgemq cluster up --config $(CONFIG) --devices $(DEVICES) --device-rate $(RATE)
+
+cluster-down: $(STAMP)
+	$(VENV)/bin/edgemq cluster down --config $(CONFIG)
+
+cluster-status: $(STAMP)
+	$(VENV)/bin/edgemq cluster status --config $(CONFIG)
+
+bench-ring: $(STAMP)
+	$(PY) benchmarks/ring_bench.py
+
+bench: bench-ring
+
+clean:
+	rm -rf run build *.egg-info

@@ -1,0 +1,302 @@
+"""The bridge's MQTT link to the cloud: uplink drain from the buffer, downlink commands.
+
+One MQTT connection per edge broker (client id ``edgemq-bridge-{site}-{broker}``,
+persistent session) carries both directions, as Mosquitto's bridge does.
+
+Uplink, top-down (Litestream style): progress is a *position* — the last buffer
+seq handed to the connection. The forwarder reads the buffer after that
+position in seq order, publishes with at most ``inflight`` messages unacknowledged,
+and acknowledges a row to the buffer (which deletes it) only after the upstream
+PUBACK. When the connection breaks, in-flight publishes are abandoned and the
+position restarts at 0: everything not yet acknowledged is re-sent from the
+oldest, in order (at-least-once; duplicates carry the same stable id). It wakes
+when the buffer commits something new, or on a ticker.
+
+Downlink: messages arriving on the downlink filters are injected into the local
+broker (``inject``), which never feeds them back to the uplink.
+
+State is published retained on ``edgemq/{site}/{broker}/state`` at the cloud,
+with a will that says offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bridge.backoff import Backoff
+from broker.config import BridgeConfig, CloudConfig
+from broker.errors import LinkBroken
+from broker.ratelog import RateLimitedLog
+from broker.topics import TopicMap
+
+__all__ = ["LinkStats", "StoreLike", "StoredLike", "Uplink", "state_topic"]
+
+log = logging.getLogger(__name__)
+
+PUBACK_TIMEOUT_S = 30.0
+HEALTHY_AFTER_S = 10.0
+
+
+class StoredLike(Protocol):
+    """A buffered message as the link needs it."""
+
+    seq: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+class StoreLike(Protocol):
+    """The parts of the buffer's async store the link uses."""
+
+    async def read(self, after_seq: int, limit: int) -> list[Any]: ...
+    def ack(self, seqs: list[int]) -> None: ...
+    async def wait_for_data(self, after_seq: int, timeout: float) -> bool: ...
+
+
+Injector = Callable[[str, bytes, int, bool], Awaitable[None]]
+
+
+def state_topic(site: str, broker: str) -> str:
+    """Retained cluster-state topic of one edge broker."""
+    return f"edgemq/{site}/{broker}/state"
+
+
+@dataclass(frozen=True)
+class LinkStats:
+    """Snapshot of the link."""
+
+    state: str
+    connects: int
+    disconnects: int
+    forwarded: int
+    resent: int
+    inflight: int
+    commands_down: int
+    last_error: str | None
+
+
+class Uplink:
+    """Runs the cloud link of one edge broker until cancelled."""
+
+    def __init__(
+        self,
+        *,
+        cloud: CloudConfig,
+        bridge: BridgeConfig,
+        site: str,
+        broker_id: str,
+        store: StoreLike,
+        inject: Injector,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.cloud = cloud
+        self.bridge = bridge
+        self.site = site
+        self.broker_id = broker_id
+        self.store = store
+        self.inject = inject
+        self.uplink_map = TopicMap.build(bridge.uplink, site)
+        self.downlink_map = TopicMap.build(bridge.downlink, site)
+        self.backoff = Backoff(bridge.reconnect_min_s, bridge.reconnect_max_s, rng or random.Random())
+        self._ratelog = RateLimitedLog(log)
+        self.state = "starting"
+        self.connects = 0
+        self.disconnects = 0
+        self.forwarded = 0
+        self.resent = 0
+        self.commands_down = 0
+        self.last_error: str | None = None
+        self._sent_high = 0
+        self._inflight = 0
+        self._state_changed: Callable[[str], None] | None = None
+
+    # ---- public ---------------------------------------------------------------------------
+    def statistics(self) -> LinkStats:
+        """Frozen snapshot of the link's counters."""
+        return LinkStats(
+            state=self.state,
+            connects=self.connects,
+            disconnects=self.disconnects,
+            forwarded=self.forwarded,
+            resent=self.resent,
+            inflight=self._inflight,
+            commands_down=self.commands_down,
+            last_error=self.last_error,
+        )
+
+    def message_id(self, seq: int) -> str:
+        """The stable id of a buffered message: ``{site}/{broker}/{seq}``."""
+        return f"{self.site}/{self.broker_id}/{seq}"
+
+    async def run(self) -> None:
+        """Connect, serve, and reconnect with back-off, until cancelled."""
+        while True:
+            self._set_state("connecting")
+            started = time.monotonic()
+            try:
+                await self._serve_once()
+            except asyncio.CancelledError:
+                self._set_state("closed")
+                raise
+            except (aiomqtt.MqttError, OSError, LinkBroken, ssl.SSLError) as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._ratelog.warning(
+                    "link-down", "uplink %s/%s to %s:%s down: %s",
+                    self.site, self.broker_id, self.cloud.host, self.cloud.port, self.last_error,
+                )
+            if self.state == "connected":
+                self.disconnects += 1
+            if time.monotonic() - started > HEALTHY_AFTER_S:
+                self.backoff.reset()
+            delay = self.backoff.next_delay()
+            self._set_state("backoff")
+            await asyncio.sleep(delay)
+
+    # ---- one connection -------------------------------------------------------------------
+    def _client(self) -> aiomqtt.Client:
+        v5 = self.cloud.protocol == "5"
+        password = os.environ.get(self.cloud.password_env) if self.cloud.password_env else None
+        tls_params = None
+        tls_insecure = None
+        if self.cloud.tls is not None:
+            t = self.cloud.tls
+            tls_params = aiomqtt.TLSParameters(
+                ca_certs=str(t.ca_file) if t.ca_file else None,
+                certfile=str(t.cert_file) if t.cert_file else None,
+                keyfile=str(t.key_file) if t.key_file else None,
+            )
+            tls_insecure = t.insecure
+        offline = json.dumps({"site": self.site, "broker": self.broker_id, "state": "offline"})
+        connect_props = None
+        if v5:
+            connect_props = Properties(PacketTypes.CONNECT)
+            connect_props.SessionExpiryInterval = 0xFFFFFFFF
+        client = aiomqtt.Client(
+            self.cloud.host,
+            self.cloud.port,
+            identifier=f"edgemq-bridge-{self.site}-{self.broker_id}",
+            username=self.cloud.username,
+            password=password,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            clean_session=None if v5 else False,
+            clean_start=False if v5 else 3,  # 3 == paho's MQTT_CLEAN_START_FIRST_ONLY (ignored for 3.1.1)
+            properties=connect_props,
+            will=aiomqtt.Will(state_topic(self.site, self.broker_id), offline, qos=1, retain=True),
+            keepalive=self.cloud.keepalive_s,
+            tls_params=tls_params,
+            tls_insecure=tls_insecure,
+            timeout=10,
+            max_inflight_messages=self.bridge.inflight + 2,
+            logger=logging.getLogger("bridge.paho"),
+        )
+        return client
+
+    async def _serve_once(self) -> None:
+        async with self._client() as client:
+            self.connects += 1
+            self._set_state("connected")
+            log.info("uplink %s/%s connected to %s:%s", self.site, self.broker_id, self.cloud.host, self.cloud.port)
+            online = json.dumps(
+                {"site": self.site, "broker": self.broker_id, "state": "online", "since": time.time()}
+            )
+            await client.publish(state_topic(self.site, self.broker_id), online, qos=1, retain=True)
+            for topic_filter, qos in self.downlink_map.remote_filters():
+                await client.subscribe(topic_filter, qos)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._forward(client), name=f"uplink-forward-{self.broker_id}")
+                tg.create_task(self._downlink(client), name=f"downlink-{self.broker_id}")
+
+    async def _forward(self, client: aiomqtt.Client) -> None:
+        position = 0
+        window = asyncio.Semaphore(self.bridge.inflight)
+        failures: asyncio.Queue[BaseException] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+        rate = self.bridge.rate_limit
+        next_slot = time.monotonic()
+        try:
+            while True:
+                if not failures.empty():
+                    raise failures.get_nowait()
+                batch = await self.store.read(position, self.bridge.inflight)
+                if not batch:
+                    await self.store.wait_for_data(position, 1.0)
+                    continue
+                for rec in batch:
+                    await window.acquire()
+                    if not failures.empty():
+                        window.release()
+                        raise failures.get_nowait()
+                    if rate is not None:
+                        now = time.monotonic()
+                        if next_slot > now:
+                            await asyncio.sleep(next_slot - now)
+                        next_slot = max(next_slot, now) + 1.0 / rate
+                    task = asyncio.create_task(self._send(client, rec, window, failures))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                    position = rec.seq
+        finally:
+            for task in pending:
+                task.cancel()
+            self._inflight = 0
+
+    async def _send(
+        self, client: aiomqtt.Client, rec: Any, window: asyncio.Semaphore, failures: asyncio.Queue[BaseException]
+    ) -> None:
+        self._inflight += 1
+        try:
+            rule = self.uplink_map.rule_for_local(rec.topic)
+            remote = self.uplink_map.to_remote(rule, rec.topic) if rule else rec.topic
+            qos = rule.qos if rule else 1
+            props = None
+            if self.cloud.protocol == "5":
+                props = Properties(PacketTypes.PUBLISH)
+                props.UserProperty = ("edgemq-id", self.message_id(rec.seq))
+            if rec.seq <= self._sent_high:
+                self.resent += 1
+            else:
+                self._sent_high = rec.seq
+            await client.publish(
+                remote, rec.payload, qos=qos, retain=bool(rec.retain), properties=props, timeout=PUBACK_TIMEOUT_S
+            )
+            self.store.ack([rec.seq])
+            self.forwarded += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a failed publish means the connection is unusable
+            failures.put_nowait(LinkBroken(f"publish failed: {exc}", recoverable=True))
+        finally:
+            self._inflight -= 1
+            window.release()
+
+    async def _downlink(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            mapped = self.downlink_map.to_local(str(message.topic))
+            if mapped is None:
+                continue
+            _, local_topic = mapped
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            await self.inject(local_topic, payload, min(message.qos, 1), bool(message.retain))
+            self.commands_down += 1
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            log.debug("uplink %s/%s state %s -> %s", self.site, self.broker_id, self.state, state)
+        self.state = state
+        if self._state_changed is not None:
+            self._state_changed(state)

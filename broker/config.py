@@ -1,0 +1,254 @@
+"""The cluster file: one TOML file, parsed and validated at the edge.
+
+``load(path)`` reads the file with ``tomllib``, validates it with pydantic v2 models
+(``extra="forbid"``, a description on every field, cross-field checks) and returns a
+``ClusterConfig``. Any problem becomes one ``ConfigError`` naming the field and the
+value; nothing starts half-configured. Components take the sub-model they need
+(``SiteConfig``, ``BrokerConfig``, ``BridgeConfig``...), never the file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from broker.errors import ConfigError
+
+__all__ = [
+    "BridgeConfig",
+    "BrokerConfig",
+    "BufferConfig",
+    "CloudConfig",
+    "ClusterConfig",
+    "SiteConfig",
+    "TopicRule",
+    "load",
+    "loads",
+]
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Ident = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsConfig(_Model):
+    """TLS for a client link (the uplink to an external cloud broker)."""
+
+    ca_file: Path | None = Field(None, description="CA bundle used to verify the server; system CAs if unset.")
+    cert_file: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    key_file: Path | None = Field(None, description="Private key for the client certificate.")
+    insecure: bool = Field(False, description="Skip server hostname verification (tests only).")
+
+
+class CloudConfig(_Model):
+    """The cloud broker: embedded amqtt (started by edgemq) or any external MQTT broker."""
+
+    embedded: bool = Field(True, description="Run edgemq's embedded amqtt cloud broker; false to use an external one.")
+    host: str = Field("127.0.0.1", description="Address of the cloud broker (listen address when embedded).")
+    port: Port = Field(18830, description="MQTT port of the cloud broker.")
+    protocol: Literal["3.1.1", "5"] = Field(
+        "3.1.1",
+        description="MQTT version the bridges speak upstream; '5' adds the stable message id as a user property.",
+    )
+    username: str | None = Field(None, description="Username for the uplink (external brokers).")
+    password_env: str | None = Field(
+        None, description="Name of the environment variable holding the uplink password (never logged)."
+    )
+    tls: TlsConfig | None = Field(None, description="TLS settings for the uplink; plaintext if unset.")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive of the uplink connection.")
+
+
+class BrokerConfig(_Model):
+    """One edge broker of a site."""
+
+    id: Ident = Field(description="Broker id, unique within its site (e.g. 'a1').")
+    host: str = Field("127.0.0.1", description="Address the broker listens on and devices connect to.")
+    port: Port = Field(description="MQTT port the broker listens on.")
+    weight: float = Field(1.0, ge=0.0, description="Share of the site's devices this broker owns; 0 owns none.")
+
+    @field_validator("weight")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if v != v or v == float("inf"):
+            raise ValueError("weight must be a finite number")
+        return v
+
+
+class SiteConfig(_Model):
+    """A site: a group of edge brokers that share ownership of the site's devices."""
+
+    id: Ident = Field(description="Site id, used in topics (telemetry/{site}/...).")
+    brokers: list[BrokerConfig] = Field(min_length=1, description="The site's edge brokers.")
+
+    @model_validator(mode="after")
+    def _unique_brokers(self) -> SiteConfig:
+        seen: set[str] = set()
+        for b in self.brokers:
+            if b.id in seen:
+                raise ValueError(f"duplicate broker id {b.id!r} in site {self.id!r}")
+            seen.add(b.id)
+        return self
+
+    def broker(self, broker_id: str) -> BrokerConfig:
+        """The broker with this id; ConfigError if the site has none."""
+        for b in self.brokers:
+            if b.id == broker_id:
+                return b
+        raise ConfigError(
+            f"site {self.id!r} has no broker {broker_id!r}",
+            hint=f"known brokers: {', '.join(b.id for b in self.brokers)}",
+            site=self.id,
+            broker=broker_id,
+        )
+
+
+class TopicRule(_Model):
+    """A bridge topic rule: which local topics go up (or remote topics come down), at which QoS."""
+
+    pattern: str = Field(description="MQTT topic filter; '{site}' is replaced by the site id.")
+    qos: Literal[0, 1] = Field(1, description="QoS used on the link for matching messages.")
+    remote_prefix: str = Field(
+        "", description="Prefix added to the topic upstream (uplink) or removed from it (downlink)."
+    )
+    overflow: Literal["drop_oldest", "reject_new"] = Field(
+        "drop_oldest",
+        description="When the buffer is full: drop the oldest message, or refuse the new one (backpressure).",
+    )
+
+    @field_validator("pattern")
+    @classmethod
+    def _valid_filter(cls, v: str) -> str:
+        from broker.topics import validate_filter
+
+        validate_filter(v.replace("{site}", "site"))
+        return v
+
+
+class BufferConfig(_Model):
+    """The store-and-forward buffer each edge broker keeps on local disk."""
+
+    max_messages: int = Field(5_000_000, ge=1, description="Capacity in messages.")
+    max_bytes: int = Field(2 * 1024**3, ge=4096, description="Capacity in payload+topic bytes.")
+    ttl_s: float | None = Field(
+        7 * 24 * 3600.0, gt=0, description="Messages older than this are dropped (counted 'expired'); none: keep."
+    )
+    durability: Literal["fsync", "os", "relaxed"] = Field(
+        "os",
+        description="fsync: survives power loss; os: survives a process crash; relaxed: ack on receipt.",
+    )
+    commit_interval_s: float = Field(0.002, ge=0, le=1, description="Group-commit window.")
+
+
+class BridgeConfig(_Model):
+    """What each edge broker's bridge forwards up and takes down."""
+
+    uplink: list[TopicRule] = Field(
+        default_factory=lambda: [TopicRule(pattern="telemetry/#"), TopicRule(pattern="status/#")],
+        description="Local topics forwarded to the cloud (store-and-forward).",
+    )
+    downlink: list[TopicRule] = Field(
+        default_factory=lambda: [TopicRule(pattern="commands/{site}/#")],
+        description="Cloud topics delivered down to the site's brokers.",
+    )
+    inflight: int = Field(100, ge=1, le=65535, description="Unacknowledged uplink messages allowed at once.")
+    rate_limit: float | None = Field(None, gt=0, description="Optional cap on uplink messages per second.")
+    reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay after the uplink drops.")
+    reconnect_max_s: float = Field(30.0, gt=0, description="Cap on the reconnect delay (jittered exponential).")
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> BridgeConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        return self
+
+
+class ClusterConfig(_Model):
+    """The whole cluster file."""
+
+    run_dir: Path = Field(Path("run"), description="Where pids, logs, stats and buffers live (relative to the file).")
+    cloud: CloudConfig = Field(default_factory=CloudConfig, description="The cloud broker.")
+    sites: list[SiteConfig] = Field(min_length=1, description="The edge sites.")
+    bridge: BridgeConfig = Field(default_factory=BridgeConfig, description="Bridge topic rules and link settings.")
+    buffer: BufferConfig = Field(default_factory=BufferConfig, description="Store-and-forward buffer settings.")
+
+    @model_validator(mode="after")
+    def _unique(self) -> ClusterConfig:
+        site_ids: set[str] = set()
+        endpoints: dict[tuple[str, int], str] = {}
+        if self.cloud.embedded:
+            endpoints[(self.cloud.host, self.cloud.port)] = "cloud"
+        for s in self.sites:
+            if s.id in site_ids:
+                raise ValueError(f"duplicate site id {s.id!r}")
+            site_ids.add(s.id)
+            for b in s.brokers:
+                key = (b.host, b.port)
+                if key in endpoints:
+                    raise ValueError(f"port {b.port} of {s.id}/{b.id} is already used by {endpoints[key]}")
+                endpoints[key] = f"{s.id}/{b.id}"
+        return self
+
+    def site(self, site_id: str) -> SiteConfig:
+        """The site with this id; ConfigError if there is none."""
+        for s in self.sites:
+            if s.id == site_id:
+                return s
+        raise ConfigError(
+            f"no site {site_id!r} in the cluster file",
+            hint=f"known sites: {', '.join(s.id for s in self.sites)}",
+            site=site_id,
+        )
+
+    def locate(self, ref: str) -> tuple[SiteConfig, BrokerConfig]:
+        """Resolve '<site>/<broker>' to its models."""
+        site_id, sep, broker_id = ref.partition("/")
+        if not sep:
+            raise ConfigError(f"broker reference {ref!r} is not '<site>/<broker>'", hint="e.g. plant-1/a1")
+        site = self.site(site_id)
+        return site, site.broker(broker_id)
+
+
+def _format_error(exc: ValidationError, source: str) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(file)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict | list) else f" (value: {value!r})"
+        parts.append(f"{loc}: {msg}{shown}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def loads(text: str, *, base_dir: Path | None = None, source: str = "<cluster file>") -> ClusterConfig:
+    """Parse and validate cluster-file text; ``run_dir`` is resolved against ``base_dir``."""
+    try:
+        data: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}", hint="check quoting and brackets") from None
+    try:
+        cfg = ClusterConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, source), hint="see cluster.example.toml") from None
+    if base_dir is not None and not cfg.run_dir.is_absolute():
+        cfg = cfg.model_copy(update={"run_dir": (base_dir / cfg.run_dir).resolve()})
+    return cfg
+
+
+def load(path: str | Path) -> ClusterConfig:
+    """Read and validate the cluster file at ``path``."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read cluster file {str(p)!r}: {exc.strerror}", hint="pass --config PATH", path=str(p)
+        ) from None
+    return loads(text, base_dir=p.resolve().parent, source=str(p))

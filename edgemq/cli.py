@@ -1,0 +1,203 @@
+"""The ``edgemq`` command: the one composition root that imports every package.
+
+    edgemq cluster up|down|status     run the whole cluster from the cluster file
+    edgemq broker cloud|edge          one process (what `cluster up` supervises)
+    edgemq devices simulate           a device fleet
+    edgemq watch FILTER               a terminal dashboard of what flows
+    edgemq config check               validate a cluster file
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from broker.config import ClusterConfig, load
+from broker.errors import EdgeMQError
+
+__all__ = ["app", "main"]
+
+CONFIG_HELP = "The cluster file (TOML)."
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help=CONFIG_HELP)]
+
+app = typer.Typer(
+    help="edgemq: an MQTT telemetry broker cluster for IoT edge sites.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+cluster_app = typer.Typer(help="Run the whole cluster on this machine (supervised processes).", no_args_is_help=True)
+broker_app = typer.Typer(help="Run one broker process in the foreground.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect and validate cluster files.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+app.add_typer(broker_app, name="broker")
+app.add_typer(config_app, name="config")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _load(path: Path) -> ClusterConfig:
+    return load(path)
+
+
+def setup_logging(component: str, level: str = "INFO") -> None:
+    """Log handlers are set up here, at entry points only: one line per event with the component."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format=f"%(asctime)s %(levelname)s component={component} %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # amqtt logs every connection at INFO; keep its chatter at WARNING.
+    for noisy in ("amqtt", "transitions", "bridge.paho"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# ---- cluster ------------------------------------------------------------------------------
+def _status_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="edgemq cluster", show_lines=False)
+    for col in ("component", "state", "pid", "address", "answers", "clients", "in", "out", "uplink", "backlog"):
+        table.add_column(col)
+    for r in rows:
+        state = r["state"]
+        style = "green" if state == "RUNNING" else "red"
+        table.add_row(
+            r["component"],
+            f"[{style}]{state}[/]",
+            str(r["pid"] or "-"),
+            r["address"] or "-",
+            ("yes" if r["answers"] else "no") if r["address"] else "-",
+            _num(r.get("clients")),
+            _num(r.get("messages_in")),
+            _num(r.get("messages_out")),
+            str(r.get("uplink") or "-"),
+            _num(r.get("backlog")),
+        )
+    return table
+
+
+def _num(v: Any) -> str:
+    return "-" if v is None else str(v)
+
+
+@cluster_app.command("up")
+def cluster_up(
+    config: ConfigOpt = Path("cluster.toml"),
+    devices: Annotated[int, typer.Option(help="Also run a fleet of this many simulated devices.")] = 0,
+    device_rate: Annotated[float, typer.Option(help="Messages per second per simulated device.")] = 1.0,
+) -> None:
+    """Start the cloud broker, every edge node and (optionally) a fleet; return once all answer."""
+    from edgemq.cluster import ClusterRunner
+
+    cfg = _load(config)
+    runner = ClusterRunner(cfg, config, devices=devices, device_rate=device_rate)
+    rows = runner.up(progress=lambda m: err.print(f"[dim]{m}[/]"))
+    out.print(_status_table(rows))
+    out.print(f"run directory: {cfg.run_dir}  (logs in {runner.log_dir})")
+    cloud = cfg.cloud
+    edge = cfg.sites[0].brokers[0]
+    out.print(
+        "try:\n"
+        f"  mosquitto_sub -h {cloud.host} -p {cloud.port} -t 'telemetry/#' -v\n"
+        f"  mosquitto_pub -h {edge.host} -p {edge.port} -q 1 -t telemetry/{cfg.sites[0].id}/pump-7/temp -m 21.5"
+    )
+
+
+@cluster_app.command("down")
+def cluster_down(config: ConfigOpt = Path("cluster.toml")) -> None:
+    """Stop every component cleanly (buffers are flushed and kept)."""
+    from edgemq.cluster import ClusterRunner
+
+    cfg = _load(config)
+    if ClusterRunner(cfg, config).down(progress=lambda m: err.print(m)):
+        out.print("cluster stopped")
+
+
+@cluster_app.command("status")
+def cluster_status(
+    config: ConfigOpt = Path("cluster.toml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Each component: supervisor state, pid, address, whether it answers, clients, messages in/out."""
+    from edgemq.cluster import ClusterRunner
+
+    cfg = _load(config)
+    rows = ClusterRunner(cfg, config).status()
+    if as_json:
+        out.print_json(json.dumps(rows))
+    else:
+        out.print(_status_table(rows))
+
+
+# ---- single processes ---------------------------------------------------------------------
+@broker_app.command("cloud")
+def broker_cloud(config: ConfigOpt = Path("cluster.toml"), log_level: str = "INFO") -> None:
+    """Run the embedded cloud broker (amqtt) in the foreground."""
+    from edgemq.node import run_cloud
+
+    cfg = _load(config)
+    setup_logging("cloud", log_level)
+    asyncio.run(run_cloud(cfg))
+
+
+@broker_app.command("edge")
+def broker_edge(
+    broker: Annotated[str, typer.Option(help="Which edge broker: '<site>/<broker>', e.g. plant-1/a1.")],
+    config: ConfigOpt = Path("cluster.toml"),
+    log_level: str = "INFO",
+) -> None:
+    """Run one edge node (broker + durable buffer + cloud bridge) in the foreground."""
+    from edgemq.node import run_edge
+
+    cfg = _load(config)
+    site, b = cfg.locate(broker)
+    setup_logging(f"{site.id}/{b.id}", log_level)
+    asyncio.run(run_edge(cfg, site.id, b.id))
+
+
+@config_app.command("check")
+def config_check(config: ConfigOpt = Path("cluster.toml")) -> None:
+    """Validate a cluster file and summarise it."""
+    cfg = _load(config)
+    cloud = "embedded" if cfg.cloud.embedded else "external"
+    out.print(f"{config}: ok — cloud ({cloud}) {cfg.cloud.host}:{cfg.cloud.port}, run_dir {cfg.run_dir}")
+    for s in cfg.sites:
+        brokers = ", ".join(f"{b.id}@{b.host}:{b.port} w={b.weight:g}" for b in s.brokers)
+        out.print(f"  site {s.id}: {brokers}")
+
+
+def _register_optional() -> None:
+    try:
+        from edgemq.devices_cmd import devices_app
+    except ImportError:  # pragma: no cover - while the module is being written
+        pass
+    else:
+        app.add_typer(devices_app, name="devices")
+    try:
+        from edgemq.watch_cmd import watch
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        app.command("watch")(watch)
+
+
+_register_optional()
+
+
+def main() -> None:
+    """Entry point: run the app; an EdgeMQError becomes one clear message and exit code 2."""
+    try:
+        app()
+    except EdgeMQError as exc:
+        err.print(f"[bold red]error:[/] {exc.message}")
+        if exc.hint:
+            err.print(f"[dim]hint: {exc.hint}[/]")
+        sys.exit(2)

@@ -1,0 +1,164 @@
+"""Process entry points: the cloud broker, and an edge node (broker + buffer + bridge).
+
+This is the composition root for one OS process: it wires the amqtt-based broker
+(``broker.server``), the store-and-forward buffer (``bridge.store``) and the cloud
+link (``bridge.link``), writes a stats snapshot for ``cluster status`` every
+second, and shuts down cleanly on SIGTERM/SIGINT (the buffer is flushed and
+closed; anything unacknowledged upstream stays in it for the next start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bridge.link import Uplink
+from bridge.tap import BufferTap
+from broker.config import ClusterConfig
+from broker.server import EdgeBroker, amqtt_config
+from broker.topics import TopicMap
+
+__all__ = ["buffer_path", "component_name", "run_cloud", "run_edge", "stats_path"]
+
+log = logging.getLogger(__name__)
+
+STATS_INTERVAL_S = 1.0
+
+
+def component_name(site: str | None = None, broker: str | None = None) -> str:
+    """Name of a component in the run directory: 'cloud' or '<site>.<broker>'."""
+    return "cloud" if site is None else f"{site}.{broker}"
+
+
+def stats_path(cfg: ClusterConfig, name: str) -> Path:
+    """Where a component writes its stats snapshot."""
+    return cfg.run_dir / "stats" / f"{name}.json"
+
+
+def buffer_path(cfg: ClusterConfig, site: str, broker: str) -> Path:
+    """The SQLite buffer file of one edge broker (one file per broker, on local disk)."""
+    return cfg.run_dir / "data" / site / f"{broker}.sqlite3"
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, default=str))
+    os.replace(tmp, path)
+
+
+async def _stats_loop(path: Path, snapshot: Callable[[], dict[str, Any]]) -> None:
+    while True:
+        try:
+            _write_json_atomic(path, snapshot())
+        except OSError as exc:
+            log.warning("cannot write stats %s: %s", path, exc)
+        await asyncio.sleep(STATS_INTERVAL_S)
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def _broker_snapshot(broker: EdgeBroker, name: str, address: str, started: float) -> dict[str, Any]:
+    c = broker.counters
+    return {
+        "component": name,
+        "pid": os.getpid(),
+        "address": address,
+        "started": started,
+        "ts": time.time(),
+        "clients": broker.connected_clients(),
+        "messages_in": c.messages_in,
+        "messages_out": c.messages_out,
+        "bytes_in": c.bytes_in,
+        "bytes_out": c.bytes_out,
+    }
+
+
+async def run_cloud(cfg: ClusterConfig) -> None:
+    """Run the embedded cloud broker until signalled."""
+    name = component_name()
+    host, port = cfg.cloud.host, cfg.cloud.port
+    broker = EdgeBroker(amqtt_config(host, port))
+    await broker.start()
+    started = time.time()
+    log.info("cloud broker listening on %s:%s", host, port)
+    stats = asyncio.create_task(
+        _stats_loop(stats_path(cfg, name), lambda: _broker_snapshot(broker, name, f"{host}:{port}", started)),
+        name="stats",
+    )
+    try:
+        await _until_signalled()
+    finally:
+        stats.cancel()
+        log.info("cloud broker shutting down")
+        await broker.shutdown()
+
+
+async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str) -> None:
+    """Run one edge node (amqtt broker + durable buffer + cloud link) until signalled."""
+    from bridge.store import Store
+
+    from bridge.buffer import Rec
+
+    site, bcfg = cfg.locate(f"{site_id}/{broker_id}")
+    name = component_name(site.id, bcfg.id)
+    path = buffer_path(cfg, site.id, bcfg.id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bufcfg = cfg.buffer
+    async with Store.open(
+        path,
+        max_messages=bufcfg.max_messages,
+        max_bytes=bufcfg.max_bytes,
+        ttl_s=bufcfg.ttl_s,
+        durability=bufcfg.durability,
+        commit_interval_s=bufcfg.commit_interval_s,
+    ) as store:
+        tap = BufferTap(TopicMap.build(cfg.bridge.uplink, site.id), store, Rec, durability=bufcfg.durability)
+        broker = EdgeBroker(amqtt_config(bcfg.host, bcfg.port), tap=tap)
+        await broker.start()
+        started = time.time()
+        log.info("edge broker %s/%s listening on %s:%s, buffer %s", site.id, bcfg.id, bcfg.host, bcfg.port, path)
+        link = Uplink(
+            cloud=cfg.cloud,
+            bridge=cfg.bridge,
+            site=site.id,
+            broker_id=bcfg.id,
+            store=store,
+            inject=broker.inject,
+        )
+
+        def snapshot() -> dict[str, Any]:
+            data = _broker_snapshot(broker, name, f"{bcfg.host}:{bcfg.port}", started)
+            data["uplink"] = link.statistics().__dict__
+            data["buffer"] = store.statistics().as_dict()
+            data["buffer_path"] = str(path)
+            data["append_failures"] = tap.failed
+            return data
+
+        link_task = asyncio.create_task(link.run(), name=f"uplink-{site.id}-{bcfg.id}")
+        stats = asyncio.create_task(_stats_loop(stats_path(cfg, name), snapshot), name="stats")
+        try:
+            await _until_signalled()
+        finally:
+            log.info("edge broker %s/%s shutting down", site.id, bcfg.id)
+            for task in (stats, link_task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await broker.shutdown()
+            with contextlib.suppress(OSError):
+                _write_json_atomic(stats_path(cfg, name), snapshot() | {"stopped": True})
