@@ -1,0 +1,517 @@
+"""The fleet simulator: N devices in one asyncio event loop, one MQTT connection each.
+
+Each device connects to the broker ``choose_broker`` picks for it (the single
+place devices decide; the ring-aware client of issue 3 replaces that call in
+``_Runner._target``), with a stable client id ``dev-{site}-{device}``, a
+persistent session (clean session off) and a will ``offline`` (retained, QoS 1)
+on ``status/{site}/{device}``. Once connected it publishes ``online`` there
+(retained), subscribes to ``commands/{site}/{device}/#`` (QoS 1), logs and
+counts each command, and publishes JSON telemetry on
+``telemetry/{site}/{device}/reading`` at QoS 1, ``rate`` messages/s, starting at
+a seeded random offset inside the first period so a fleet's publishes are
+spread evenly over time.
+
+Delivery rule: a device has at most one telemetry message in flight; it counts
+as *acknowledged* when the broker's PUBACK arrives (``on_ack`` is called then).
+If the connection breaks first, the device reconnects with capped, jittered
+exponential back-off and re-sends the same bytes (same ``seq``) before anything
+new: at-least-once, in order, duplicates recognisable by ``(device, seq)``. So
+a device's acknowledged sequence numbers are always exactly ``1..acked``.
+
+Everything is bounded: ``messages`` per device, ``duration_s`` for the fleet,
+or ``stop`` (an ``asyncio.Event``) set by the caller; connects, publishes and
+disconnects have timeouts. A device that finishes publishes ``offline``
+(retained) and disconnects cleanly. Start-up is paced: devices are started in
+batches of ``connect_batch``, each batch waiting for the previous one's first
+connection attempts, and at most ``connect_batch`` connection attempts run at
+once afterwards (reconnect storms included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiomqtt
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from broker.config import BrokerConfig, SiteConfig
+from broker.ratelog import RateLimitedLog
+from devices.payload import Telemetry
+from devices.placement import choose_broker
+
+__all__ = [
+    "Ack",
+    "DeviceReport",
+    "FleetConfig",
+    "FleetResult",
+    "FleetStats",
+    "backoff_delay",
+    "client_id",
+    "command_filter",
+    "device_ids",
+    "next_due",
+    "run_fleet",
+    "status_topic",
+    "telemetry_topic",
+]
+
+logger = logging.getLogger(__name__)
+_mqtt_logger = logging.getLogger(f"{__name__}.mqtt")
+
+# Longest single sleep, so stop and deadlines are noticed promptly even at low rates.
+_TICK_S = 0.25
+
+
+class FleetConfig(BaseModel):
+    """What fleet to simulate, against which site."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    site: SiteConfig = Field(description="The site whose brokers the devices connect to.")
+    devices: int = Field(ge=1, le=100_000, description="Number of simulated devices.")
+    rate: float = Field(1.0, gt=0, le=1000, description="Telemetry messages per second, per device.")
+    messages: int | None = Field(None, ge=1, description="Acknowledged messages per device, then it stops.")
+    duration_s: float | None = Field(None, gt=0, description="Stop the whole fleet after this many seconds.")
+    seed: int = Field(1, description="Seed of start offsets, readings and back-off jitter.")
+    first_device: int = Field(1, ge=0, description="Number of the first device id (dev-0001 by default).")
+    connect_batch: int = Field(50, ge=1, le=10_000, description="Devices started, and connects, at once.")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive of each device connection.")
+    connect_timeout_s: float = Field(10.0, gt=0, description="Bound on one connection attempt.")
+    publish_timeout_s: float = Field(10.0, gt=0, description="Bound on waiting for one PUBACK.")
+    reconnect_min_s: float = Field(0.5, gt=0, description="Back-off ceiling of the first reconnect attempt.")
+    reconnect_max_s: float = Field(15.0, gt=0, description="Cap on the reconnect back-off.")
+    progress_interval_s: float = Field(0.5, gt=0, description="How often on_progress is called.")
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> FleetConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class FleetStats:
+    """A snapshot of the whole fleet."""
+
+    devices: int
+    started: int
+    connected: int
+    connected_peak: int
+    published: int
+    acked: int
+    commands: int
+    errors: int
+    reconnects: int
+    finished: int
+    elapsed_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """One telemetry message the broker acknowledged (PUBACK)."""
+
+    device: str
+    seq: int
+    broker: str
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceReport:
+    """One device at the end of a run. Its acknowledged seqs are exactly ``1..acked``."""
+
+    device: str
+    client_id: str
+    broker: str
+    published: int
+    acked: int
+    commands: int
+    errors: int
+    reconnects: int
+
+    @property
+    def acked_seqs(self) -> range:
+        """The sequence numbers the broker acknowledged."""
+        return range(1, self.acked + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetResult:
+    """The final statistics and one report per device."""
+
+    stats: FleetStats
+    devices: tuple[DeviceReport, ...]
+    stopped: bool
+
+
+# --- pure helpers: naming, pacing, back-off ---------------------------------------------------
+
+
+def device_ids(first: int, count: int) -> list[str]:
+    """``dev-0001``, ``dev-0002``... (at least four digits)."""
+    return [f"dev-{i:04d}" for i in range(first, first + count)]
+
+
+def client_id(site: str, device: str) -> str:
+    """The stable MQTT client id of a device."""
+    return f"dev-{site}-{device}"
+
+
+def telemetry_topic(site: str, device: str) -> str:
+    """Where a device publishes its readings."""
+    return f"telemetry/{site}/{device}/reading"
+
+
+def status_topic(site: str, device: str) -> str:
+    """The device's retained presence (its will says ``offline``)."""
+    return f"status/{site}/{device}"
+
+
+def command_filter(site: str, device: str) -> str:
+    """What a device subscribes to for its commands."""
+    return f"commands/{site}/{device}/#"
+
+
+def next_due(due: float, period: float, now: float) -> float:
+    """The next send time after ``due``; never in the past, so a stalled device does not burst."""
+    return max(due + period, now)
+
+
+def backoff_delay(attempt: int, rng: random.Random, base_s: float, cap_s: float) -> float:
+    """Delay before reconnect ``attempt`` (0-based): uniform in [c/2, c], c = min(cap, base·2^attempt)."""
+    ceiling = min(cap_s, base_s * 2 ** min(attempt, 32))
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+# --- the shell ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Counters:
+    started: int = 0
+    connected: int = 0
+    connected_peak: int = 0
+    published: int = 0
+    acked: int = 0
+    commands: int = 0
+    errors: int = 0
+    reconnects: int = 0
+    finished: int = 0
+
+
+@dataclass(slots=True)
+class _Device:
+    id: str
+    client_id: str
+    rng: random.Random
+    backoff_rng: random.Random
+    due: float
+    base_temp: float
+    base_humidity: float
+    broker: str = ""
+    next_seq: int = 1
+    pending: tuple[int, bytes] | None = None
+    session_up: bool = False
+    published: int = 0
+    acked: int = 0
+    commands: int = 0
+    errors: int = 0
+    reconnects: int = 0
+    first_attempt: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def readings(self) -> dict[str, float]:
+        return {
+            "temp": round(self.base_temp + self.rng.gauss(0.0, 0.3), 2),
+            "humidity": round(self.base_humidity + self.rng.gauss(0.0, 1.0), 1),
+        }
+
+
+class _Runner:
+    def __init__(
+        self,
+        config: FleetConfig,
+        stop: asyncio.Event,
+        on_ack: Callable[[Ack], None] | None,
+    ) -> None:
+        self.cfg = config
+        self.site = config.site.id
+        self.stop = stop
+        self.on_ack = on_ack
+        self.loop = asyncio.get_running_loop()
+        self.started_at = self.loop.time()
+        self.deadline = None if config.duration_s is None else self.started_at + config.duration_s
+        self.period = 1.0 / config.rate
+        self.counters = _Counters()
+        self.connect_slots = asyncio.Semaphore(config.connect_batch)
+        self.warnings = RateLimitedLog(logger, interval_s=10.0, clock=self.loop.time)
+        self.devices = [self._make_device(d) for d in device_ids(config.first_device, config.devices)]
+        choose_broker(config.site, self.devices[0].id)  # a site no device can use fails here, not per device
+
+    def _make_device(self, device: str) -> _Device:
+        rng = random.Random(f"{self.cfg.seed}:{self.site}:{device}")
+        return _Device(
+            id=device,
+            client_id=client_id(self.site, device),
+            rng=rng,
+            backoff_rng=random.Random(f"{self.cfg.seed}:{self.site}:{device}:backoff"),
+            due=0.0,
+            base_temp=rng.uniform(15.0, 30.0),
+            base_humidity=rng.uniform(30.0, 60.0),
+        )
+
+    def stats(self) -> FleetStats:
+        c = self.counters
+        return FleetStats(
+            devices=self.cfg.devices,
+            started=c.started,
+            connected=c.connected,
+            connected_peak=c.connected_peak,
+            published=c.published,
+            acked=c.acked,
+            commands=c.commands,
+            errors=c.errors,
+            reconnects=c.reconnects,
+            finished=c.finished,
+            elapsed_s=self.loop.time() - self.started_at,
+        )
+
+    def over(self) -> bool:
+        return self.stop.is_set() or (self.deadline is not None and self.loop.time() >= self.deadline)
+
+    def _done(self, dev: _Device) -> bool:
+        return self.over() or (self.cfg.messages is not None and dev.acked >= self.cfg.messages)
+
+    async def _sleep_until(self, when: float) -> bool:
+        """Sleep until ``when`` in short ticks; False if the fleet is over first."""
+        while (left := when - self.loop.time()) > 0:
+            if self.over():
+                return False
+            await asyncio.sleep(min(left, _TICK_S))
+        return not self.over()
+
+    def _target(self, dev: _Device) -> BrokerConfig:
+        # The one decision point; the ring-aware client (issue 3) walks a preference list here.
+        return choose_broker(self.cfg.site, dev.id)
+
+    def _client(self, dev: _Device, broker: BrokerConfig) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            broker.host,
+            broker.port,
+            identifier=dev.client_id,
+            clean_session=False,
+            keepalive=self.cfg.keepalive_s,
+            timeout=self.cfg.connect_timeout_s,
+            will=aiomqtt.Will(status_topic(self.site, dev.id), b"offline", qos=1, retain=True),
+            logger=_mqtt_logger,
+        )
+
+    async def run_device(self, dev: _Device) -> None:
+        self.counters.started += 1
+        dev.due = self.loop.time() + dev.rng.uniform(0.0, self.period)
+        attempt = 0
+        try:
+            while not self._done(dev):
+                broker = self._target(dev)
+                dev.broker = broker.id
+                dev.session_up = False
+                try:
+                    await self._connection(dev, broker)
+                except (aiomqtt.MqttError, OSError) as exc:
+                    self._failed(dev, broker, exc)
+                finally:
+                    dev.first_attempt.set()
+                if dev.session_up:
+                    attempt = 0
+                if self._done(dev):
+                    break
+                cfg = self.cfg
+                delay = backoff_delay(attempt, dev.backoff_rng, cfg.reconnect_min_s, cfg.reconnect_max_s)
+                attempt += 1
+                if not await self._sleep_until(self.loop.time() + delay):
+                    break
+                dev.reconnects += 1
+                self.counters.reconnects += 1
+        finally:
+            dev.first_attempt.set()
+            self.counters.finished += 1
+
+    def _failed(self, dev: _Device, broker: BrokerConfig, exc: BaseException) -> None:
+        dev.errors += 1
+        self.counters.errors += 1
+        logger.debug("%s: connection to %s failed: %s", dev.id, broker.id, exc)
+        self.warnings.warning(
+            f"{broker.id}:{type(exc).__name__}",
+            "devices on %s/%s (%s:%d) lost or could not open their connection: %s; retrying with back-off",
+            self.site,
+            broker.id,
+            broker.host,
+            broker.port,
+            exc,
+        )
+
+    async def _connection(self, dev: _Device, broker: BrokerConfig) -> None:
+        """One connection's life; returns when the device is done, raises MqttError when it breaks."""
+        async with contextlib.AsyncExitStack() as stack:
+            async with self.connect_slots:
+                if self._done(dev):
+                    return
+                client = await stack.enter_async_context(self._client(dev, broker))
+            dev.session_up = True
+            self.counters.connected += 1
+            self.counters.connected_peak = max(self.counters.connected_peak, self.counters.connected)
+            stack.callback(self._disconnected)
+            logger.debug("%s: connected to %s (%s:%d)", dev.id, broker.id, broker.host, broker.port)
+            dev.first_attempt.set()
+            timeout = self.cfg.publish_timeout_s
+            status = status_topic(self.site, dev.id)
+            await client.publish(status, b"online", qos=1, retain=True, timeout=timeout)
+            await client.subscribe(command_filter(self.site, dev.id), qos=1, timeout=timeout)
+            await self._session(client, dev, broker)
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.publish(status, b"offline", qos=1, retain=True, timeout=timeout)
+
+    def _disconnected(self) -> None:
+        self.counters.connected -= 1
+
+    async def _session(self, client: aiomqtt.Client, dev: _Device, broker: BrokerConfig) -> None:
+        """Publish and take commands until done; raises MqttError if the connection breaks."""
+        reader = asyncio.create_task(self._read_commands(client, dev), name=f"commands-{dev.id}")
+        publisher = asyncio.create_task(self._publish(client, dev, broker), name=f"publish-{dev.id}")
+        try:
+            await asyncio.wait((reader, publisher), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, publisher):
+                task.cancel()
+            results = await asyncio.gather(reader, publisher, return_exceptions=True)
+        for res in results:
+            if isinstance(res, aiomqtt.MqttError | OSError):
+                raise res
+            if isinstance(res, BaseException) and not isinstance(res, asyncio.CancelledError):
+                raise res
+
+    async def _read_commands(self, client: aiomqtt.Client, dev: _Device) -> None:
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            dev.commands += 1
+            self.counters.commands += 1
+            logger.info(
+                "%s: command %s received (%d bytes): %s",
+                dev.id,
+                message.topic.value,
+                len(payload),
+                payload[:80].decode("utf-8", errors="replace"),
+            )
+
+    async def _publish(self, client: aiomqtt.Client, dev: _Device, broker: BrokerConfig) -> None:
+        topic = telemetry_topic(self.site, dev.id)
+        while True:
+            if dev.pending is None:
+                if self._done(dev) or not await self._sleep_until(dev.due):
+                    return
+                body = Telemetry(
+                    device=dev.id, site=self.site, seq=dev.next_seq, ts=time.time(), readings=dev.readings()
+                )
+                dev.pending = (dev.next_seq, body.encode())
+                dev.next_seq += 1
+                dev.due = next_due(dev.due, self.period, self.loop.time())
+            seq, payload = dev.pending
+            dev.published += 1
+            self.counters.published += 1
+            await client.publish(topic, payload, qos=1, timeout=self.cfg.publish_timeout_s)
+            dev.pending = None
+            dev.acked += 1
+            self.counters.acked += 1
+            if self.on_ack is not None:
+                self.on_ack(Ack(device=dev.id, seq=seq, broker=broker.id, topic=topic, payload=payload))
+
+    def reports(self) -> tuple[DeviceReport, ...]:
+        return tuple(
+            DeviceReport(
+                device=d.id,
+                client_id=d.client_id,
+                broker=d.broker,
+                published=d.published,
+                acked=d.acked,
+                commands=d.commands,
+                errors=d.errors,
+                reconnects=d.reconnects,
+            )
+            for d in self.devices
+        )
+
+
+async def run_fleet(
+    config: FleetConfig,
+    on_progress: Callable[[FleetStats], None] | None = None,
+    *,
+    on_ack: Callable[[Ack], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> FleetResult:
+    """Run the fleet until every device is done, ``duration_s`` passes, or ``stop`` is set.
+
+    ``on_progress`` gets a ``FleetStats`` after each start-up batch and every
+    ``progress_interval_s``; ``on_ack`` gets every acknowledged message. Both
+    run on the event loop and must not block. Connection problems are retried
+    and counted, never raised; cancelling the call stops the devices abruptly
+    (their wills fire), setting ``stop`` stops them cleanly.
+    """
+    stop = stop if stop is not None else asyncio.Event()
+    runner = _Runner(config, stop, on_ack)
+    progress = on_progress if on_progress is not None else (lambda _s: None)
+    tasks: list[asyncio.Task[None]] = []
+    ticker = asyncio.create_task(_tick(runner, progress), name="fleet-progress")
+    batch = config.connect_batch
+    logger.info(
+        "starting %d devices on site %s (%d brokers) in batches of %d",
+        config.devices,
+        runner.site,
+        len(config.site.brokers),
+        batch,
+    )
+    try:
+        for i in range(0, len(runner.devices), batch):
+            group = runner.devices[i : i + batch]
+            if runner.over():
+                break
+            tasks += [asyncio.create_task(runner.run_device(d), name=f"device-{d.id}") for d in group]
+            waits = [asyncio.create_task(d.first_attempt.wait()) for d in group]
+            _, pending = await asyncio.wait(waits, timeout=config.connect_timeout_s + 1.0)
+            for w in pending:
+                w.cancel()
+            progress(runner.stats())
+        s = runner.stats()
+        logger.info("fleet started: %d/%d connected after %.1fs", s.connected, s.devices, s.elapsed_s)
+        if tasks:
+            await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+    final = runner.stats()
+    progress(final)
+    logger.info(
+        "fleet done in %.1fs: %d published, %d acknowledged, %d commands, %d errors, %d reconnects",
+        final.elapsed_s,
+        final.published,
+        final.acked,
+        final.commands,
+        final.errors,
+        final.reconnects,
+    )
+    return FleetResult(stats=final, devices=runner.reports(), stopped=stop.is_set())
+
+
+async def _tick(runner: _Runner, progress: Callable[[FleetStats], None]) -> None:
+    while True:
+        await asyncio.sleep(runner.cfg.progress_interval_s)
+        progress(runner.stats())
