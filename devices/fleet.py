@@ -364,6 +364,16 @@ class _Runner:
                     return
                 client = await stack.enter_async_context(self._client(dev, broker))
             dev.session_up = True
+            if dev.reconnects:
+                self.warnings.log(
+                    logging.INFO,
+                    f"{broker.id}:up",
+                    "devices reconnected to %s/%s (%s:%d)",
+                    self.site,
+                    broker.id,
+                    broker.host,
+                    broker.port,
+                )
             self.counters.connected += 1
             self.counters.connected_peak = max(self.counters.connected_peak, self.counters.connected)
             stack.callback(self._disconnected)
