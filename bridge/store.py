@@ -1,0 +1,424 @@
+"""The async shell around :mod:`bridge.buffer`: one writer thread owns SQLite.
+
+How it works
+------------
+As in Datasette, a single thread owns the one SQLite connection and takes work
+from a queue, so the asyncio event loop never blocks on SQLite. Appends are
+gathered for ``commit_interval_s`` after the first one arrives (or until
+``max_batch`` records) and committed as one transaction (group commit); each
+``await store.append(rec)`` resolves only after the transaction holding its
+record has committed. Acks are queued and applied in order, before the appends
+gathered with them. Reads go through the same queue, so a read sees every ack
+queued before it.
+
+The clock is read here (``time.time`` by default) and passed to the core.
+sqlite3 and OS exceptions are translated into ``broker.errors`` here, once:
+SQLITE_FULL → ``StoreFull``, corrupt/not-a-database → ``StoreCorrupt``, other
+SQLite failures → ``StoreError``; a record refused by ``reject_new`` →
+``StoreFull`` (back-pressure: do not acknowledge it to the device). A batch that
+fails is counted by the core (dropped ``error``) before any waiter sees the error.
+
+What it does not do
+-------------------
+No MQTT, no forwarding policy (in-flight window, rate limit): that is the link's
+job. Cancelling an ``append`` does not withdraw its record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from bridge.buffer import Buffer, BufferStats, Durability, Record, Stored
+from broker.errors import StoreCorrupt, StoreError, StoreFull
+
+__all__ = ["Store"]
+
+log = logging.getLogger(__name__)
+
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_IOERR = 5, 6, 10
+_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
+
+
+def store_error(exc: BaseException, path: str) -> StoreError:
+    """Translate a foreign exception from the buffer into an edgemq store error."""
+    if isinstance(exc, StoreError):
+        return exc
+    err: StoreError
+    if isinstance(exc, sqlite3.Error):
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        if code == _SQLITE_FULL:
+            err = StoreFull(
+                f"disk full writing the buffer: {exc}",
+                hint="free disk space or lower max_bytes; the batch was counted as dropped 'error'",
+                path=path,
+            )
+        elif code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+            err = StoreCorrupt(
+                f"buffer file is corrupt: {exc}",
+                hint="restart the broker: the file is moved aside and a fresh buffer started",
+                path=path,
+            )
+        else:
+            err = StoreError(
+                f"SQLite error in the buffer: {exc}",
+                hint="check the disk and file permissions",
+                recoverable=code in (_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_IOERR),
+                path=path,
+            )
+    elif isinstance(exc, OSError):
+        err = StoreError(f"cannot use the buffer file: {exc}", hint="check the path and permissions", path=path)
+    else:
+        err = StoreError(f"buffer failed: {exc!r}", hint="this is a bug; please report it", path=path)
+    err.__cause__ = exc
+    return err
+
+
+@dataclass(slots=True)
+class _Append:
+    record: Record
+    future: asyncio.Future[int]
+
+
+@dataclass(slots=True)
+class _Ack:
+    seqs: list[int]
+
+
+@dataclass(slots=True)
+class _Read:
+    after_seq: int
+    limit: int
+    future: asyncio.Future[list[Stored]]
+
+
+@dataclass(slots=True)
+class _Close:
+    future: asyncio.Future[None]
+
+
+_Op = _Append | _Ack | _Read | _Close
+
+
+class _RateLimitedLog:
+    """At most one warning per ``every_s`` per kind; the rest are counted and reported."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, kind: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, float("-inf")) < self.every_s:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        skipped = self._suppressed.pop(kind, 0)
+        log.warning(msg + (" (%d similar suppressed)" if skipped else ""), *args, *([skipped] if skipped else []))
+
+
+class Store:
+    """The durable buffer as an async object. Use ``async with Store.open(...) as store``."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_messages: int,
+        max_bytes: int,
+        ttl_s: float | None = None,
+        durability: Durability = "os",
+        commit_interval_s: float = 0.002,
+        max_batch: int = 1000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if commit_interval_s < 0 or max_batch < 1:
+            raise ValueError("commit_interval_s must be >= 0 and max_batch >= 1")
+        self.path = str(path)
+        self._open_args: dict[str, Any] = {
+            "max_messages": max_messages,
+            "max_bytes": max_bytes,
+            "ttl_s": ttl_s,
+            "durability": durability,
+        }
+        self.commit_interval_s = commit_interval_s
+        self.max_batch = max_batch
+        self._clock = clock
+        self._queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stats: BufferStats | None = None
+        self._changed = asyncio.Event()
+        self._closing = False
+        self._warn = _RateLimitedLog()
+        #: Where a corrupt file found at open was moved to, if one was.
+        self.recovered_from: Path | None = None
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        max_messages: int,
+        max_bytes: int,
+        ttl_s: float | None = None,
+        durability: Durability = "os",
+        commit_interval_s: float = 0.002,
+        max_batch: int = 1000,
+        clock: Callable[[], float] = time.time,
+    ) -> Store:
+        """A store to enter with ``async with``; the file is opened on entry."""
+        return cls(
+            path,
+            max_messages=max_messages,
+            max_bytes=max_bytes,
+            ttl_s=ttl_s,
+            durability=durability,
+            commit_interval_s=commit_interval_s,
+            max_batch=max_batch,
+            clock=clock,
+        )
+
+    # --------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> Store:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Open the buffer in the writer thread; raises a ``StoreError`` if it cannot."""
+        if self._thread is not None:
+            raise StoreError("store already started", path=self.path)
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
+        ready: asyncio.Future[None] = self._loop.create_future()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name=f"edgemq-store-writer:{self.path}", daemon=True
+        )
+        self._thread.start()
+        await ready
+        if self.recovered_from is not None:
+            log.warning("buffer %s was unreadable: moved aside to %s, started fresh", self.path, self.recovered_from)
+        log.info("buffer %s open (%s)", self.path, self._open_args["durability"])
+
+    async def aclose(self) -> None:
+        """Commit everything queued so far, then close the file. Idempotent."""
+        if self._thread is None or self._closing:
+            return
+        self._closing = True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put(_Close(fut))
+        await fut
+        self._changed.set()  # waiters in wait_for_data return False
+        await asyncio.to_thread(self._thread.join)
+        log.info("buffer %s closed", self.path)
+
+    # ------------------------------------------------------------- operations
+
+    def _check_usable(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None or self._closing:
+            raise StoreError("store is not open", hint="use `async with Store.open(...)`", path=self.path)
+        return self._loop
+
+    async def append(self, record: Record) -> int:
+        """Append one record; returns its seq once the transaction holding it committed.
+
+        Raises ``StoreFull`` if it was refused (``reject_new``) or the disk is full,
+        ``StoreError``/``StoreCorrupt`` for other storage failures.
+        """
+        fut: asyncio.Future[int] = self._check_usable().create_future()
+        self._queue.put(_Append(record, fut))
+        return await fut
+
+    async def read(self, after_seq: int, limit: int) -> list[Stored]:
+        """Up to ``limit`` stored messages after ``after_seq``, in order (expired ones dropped)."""
+        fut: asyncio.Future[list[Stored]] = self._check_usable().create_future()
+        self._queue.put(_Read(after_seq, limit, fut))
+        return await fut
+
+    def ack(self, seqs: Iterable[int]) -> None:
+        """Queue removal of forwarded messages; applied in order, before later reads."""
+        self._check_usable()
+        self._queue.put(_Ack(list(seqs)))
+
+    async def wait_for_data(self, after_seq: int, timeout: float | None = None) -> bool:
+        """Wait until a message newer than ``after_seq`` is buffered; False on timeout."""
+        self._check_usable()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not self._has_after(after_seq):
+            if self._closing:
+                return False
+            changed = self._changed
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                return self._has_after(after_seq)
+        return True
+
+    def _has_after(self, after_seq: int) -> bool:
+        stats = self._stats
+        return stats is not None and stats.tail_seq is not None and stats.tail_seq > after_seq
+
+    def statistics(self) -> BufferStats:
+        """The latest snapshot (taken after the last commit), oldest age measured now."""
+        stats = self._stats
+        if stats is None:
+            raise StoreError("store is not open", path=self.path)
+        if stats.oldest_enqueued_at is None:
+            return stats
+        return dataclasses.replace(stats, oldest_age_s=max(0.0, self._clock() - stats.oldest_enqueued_at))
+
+    # ---------------------------------------------------------- writer thread
+
+    def _call(self, fn: Callable[..., object], *args: object) -> None:
+        """Run ``fn`` on the event loop from the writer thread (no-op once the loop is gone)."""
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _resolve(self, fut: asyncio.Future[Any], result: Any = None, exc: BaseException | None = None) -> None:
+        def settle() -> None:
+            if fut.done():
+                return  # cancelled by its awaiter
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+
+        self._call(settle)
+
+    def _publish(self, buf: Buffer) -> None:
+        try:
+            self._stats = buf.statistics(self._clock())
+        except sqlite3.Error as exc:
+            self._warn.warning("stats", "buffer %s: cannot read statistics: %s", self.path, exc)
+            return
+
+        def wake() -> None:
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
+
+        self._call(wake)
+
+    def _run(self, ready: asyncio.Future[None]) -> None:
+        try:
+            buf = Buffer.open(self.path, **self._open_args)
+        except BaseException as exc:
+            self._resolve(ready, exc=store_error(exc, self.path))
+            return
+        self.recovered_from = buf.recovered_from
+        self._publish(buf)
+        self._resolve(ready)
+        try:
+            self._serve(buf)
+        finally:
+            buf.close()
+            self._fail_leftovers()
+
+    def _serve(self, buf: Buffer) -> None:
+        pending: _Op | None = None
+        while True:
+            op = pending if pending is not None else self._queue.get()
+            pending = None
+            if isinstance(op, _Read):
+                try:
+                    self._resolve(op.future, buf.read(op.after_seq, op.limit, self._clock()))
+                except Exception as exc:
+                    self._resolve(op.future, exc=store_error(exc, self.path))
+                self._publish(buf)
+            elif isinstance(op, _Close):
+                try:
+                    buf.close()
+                    self._resolve(op.future)
+                except Exception as exc:
+                    self._resolve(op.future, exc=store_error(exc, self.path))
+                return
+            else:
+                appends: list[_Append] = []
+                acks: list[int] = []
+                pending = self._gather(op, appends, acks)
+                self._commit(buf, appends, acks)
+                self._publish(buf)
+
+    def _gather(self, first: _Append | _Ack, appends: list[_Append], acks: list[int]) -> _Op | None:
+        """Collect appends and acks for one group commit; return an op that ends the group."""
+        deadline = time.monotonic() + self.commit_interval_s
+        op: _Op = first
+        while True:
+            if isinstance(op, _Append):
+                appends.append(op)
+            elif isinstance(op, _Ack):
+                acks.extend(op.seqs)
+            else:
+                return op
+            if len(appends) >= self.max_batch:
+                return None
+            remaining = deadline - time.monotonic()
+            try:
+                op = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                return None
+
+    def _commit(self, buf: Buffer, appends: list[_Append], acks: list[int]) -> None:
+        if acks:
+            try:
+                buf.ack(acks)
+            except Exception as exc:
+                # The rows stay and are forwarded again later: at-least-once, not loss.
+                self._warn.warning("ack", "buffer %s: ack failed: %s", self.path, store_error(exc, self.path))
+        if not appends:
+            return
+        try:
+            result = buf.append_many([a.record for a in appends], self._clock())
+        except Exception as exc:
+            err = store_error(exc, self.path)
+            for a in appends:
+                self._resolve(a.future, exc=err)
+            return
+        failure = store_error(result.error, self.path) if result.error is not None else None
+        if failure is not None:
+            self._warn.warning("append", "buffer %s: %d records dropped: %s", self.path, len(appends), failure)
+        for a, seq in zip(appends, result.seqs, strict=True):
+            if seq is not None:
+                self._resolve(a.future, seq)
+            else:
+                self._resolve(a.future, exc=failure or self._refused())
+
+    def _refused(self) -> StoreFull:
+        return StoreFull(
+            "buffer full: record refused (reject_new)",
+            hint="the uplink is behind; raise max_messages/max_bytes or let the backlog drain",
+            path=self.path,
+            reason="rejected",
+        )
+
+    def _fail_leftovers(self) -> None:
+        closed = StoreError("store is closed", path=self.path)
+        while True:
+            try:
+                op = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if not isinstance(op, _Ack):
+                self._resolve(op.future, exc=closed)
