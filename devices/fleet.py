@@ -4,9 +4,10 @@ Each device connects to the broker ``choose_broker`` picks for it (the single
 place devices decide; the ring-aware client of issue 3 replaces that call in
 ``_Runner._target``), with a stable client id ``dev-{site}-{device}``, a
 persistent session (clean session off) and a will ``offline`` (retained, QoS 1)
-on ``status/{site}/{device}``. Once connected it publishes ``online`` there
-(retained), subscribes to ``commands/{site}/{device}/#`` (QoS 1), logs and
-counts each command, and publishes JSON telemetry on
+on ``status/{site}/{device}``. Once connected it subscribes to
+``commands/{site}/{device}/#`` (QoS 1), then publishes ``online`` (retained) on
+its status topic, so ``online`` means commands reach it; it logs and counts
+each command, and publishes JSON telemetry on
 ``telemetry/{site}/{device}/reading`` at QoS 1, ``rate`` messages/s, starting at
 a seeded random offset inside the first period so a fleet's publishes are
 spread evenly over time.
@@ -381,8 +382,9 @@ class _Runner:
             dev.first_attempt.set()
             timeout = self.cfg.publish_timeout_s
             status = status_topic(self.site, dev.id)
-            await client.publish(status, b"online", qos=1, retain=True, timeout=timeout)
+            # Subscribe first: once 'online' is visible, a command sent to the device reaches it.
             await client.subscribe(command_filter(self.site, dev.id), qos=1, timeout=timeout)
+            await client.publish(status, b"online", qos=1, retain=True, timeout=timeout)
             await self._session(client, dev, broker)
             with contextlib.suppress(aiomqtt.MqttError):
                 await client.publish(status, b"offline", qos=1, retain=True, timeout=timeout)

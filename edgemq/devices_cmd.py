@@ -271,7 +271,8 @@ def simulate(
     )
     err.print(
         f"fleet: {count} devices on site {site_cfg.id} ({len(site_cfg.brokers)} brokers), "
-        f"{rate:g} msg/s each, {bound or 'until Ctrl-C'}"
+        f"{rate:g} msg/s each, {bound or 'until Ctrl-C'}",
+        soft_wrap=True,
     )
     display = _Display(out, fleet_cfg, _stats_file(cluster) if stats else None)
 

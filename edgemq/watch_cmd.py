@@ -238,7 +238,8 @@ def watch(
     snap, interrupted = run_until_signalled(lambda stop: _run(endpoint, topic_filter, duration, stop), err)
     err.print(
         f"watched {topic_filter} at {endpoint.name} for {time.monotonic() - t0:.1f}s: "
-        f"{snap.total_count:,} messages from {len(snap.sources):,} sources"
+        f"{snap.total_count:,} messages from {len(snap.sources):,} sources",
+        soft_wrap=True,
     )
     if interrupted:
         raise typer.Exit(130)
