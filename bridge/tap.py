@@ -2,8 +2,8 @@
 
 ``BufferTap`` implements the broker's ``UplinkTap``. For QoS ≥ 1 under the
 ``fsync`` and ``os`` durability modes, ``offer`` returns only after the group
-commit containing the message, so the broker's PUBACK means "on disk". Under
-``relaxed`` (and for QoS 0) the append is submitted in order but not awaited.
+commit containing the message, so the broker's PUBACK means "committed". Under
+``relaxed`` the append is scheduled in order but not awaited (ack on receipt).
 Failures are counted here and never raised into the broker.
 """
 
@@ -48,13 +48,16 @@ class BufferTap:
             device=device_key(topic) or client_id,
             overflow=rule.overflow,
         )
-        # submit() enqueues synchronously, so order is the order of offers.
-        fut = self.store.submit(rec)
-        if qos == 0 or self.durability == "relaxed":
-            fut.add_done_callback(self._log_failure)
+        if self.durability == "relaxed":
+            # Ack on receipt: the append is scheduled, not awaited. Every append takes this
+            # same path in relaxed mode, and tasks start in FIFO order, so order is kept.
+            task = asyncio.ensure_future(self.store.append(rec))
+            task.add_done_callback(self._log_failure)
             return
+        # The append is enqueued before its first await, in the order offers arrive; we
+        # return (and the broker sends the PUBACK) only after its group commit.
         try:
-            await fut
+            await self.store.append(rec)
         except StoreError as exc:
             self._note(exc)
 

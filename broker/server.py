@@ -110,11 +110,20 @@ class EdgeBroker(Broker):
         self.tap = tap
         self.counters = BrokerCounters()
 
-    async def _init_handler(self, session: Session, reader: Any, writer: Any) -> BrokerProtocolHandler:
-        handler = EdgeProtocolHandler(self.plugins_manager, loop=self._loop)
-        handler.edge_broker = self
-        handler.attach(session, reader, writer)
-        return handler
+    async def _handle_client_session(
+        self,
+        reader: Any,
+        writer: Any,
+        client_session: Session,
+        handler: BrokerProtocolHandler,
+        server: Any,
+        listener_name: str,
+    ) -> None:
+        # amqtt builds the handler in ``BrokerProtocolHandler.init_from_connect`` (a fixed
+        # class) and attaches it here; swap in ours before it is attached.
+        ours = EdgeProtocolHandler(self.plugins_manager, loop=self._loop)
+        ours.edge_broker = self
+        await super()._handle_client_session(reader, writer, client_session, ours, server, listener_name)
 
     async def may_publish(self, session: Session, topic: str) -> bool:
         """Access control for publishing, through amqtt's topic plugins."""

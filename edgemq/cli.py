@@ -62,26 +62,44 @@ def setup_logging(component: str, level: str = "INFO") -> None:
 
 
 # ---- cluster ------------------------------------------------------------------------------
-def _status_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title="edgemq cluster", show_lines=False)
-    for col in ("component", "state", "pid", "address", "answers", "clients", "in", "out", "uplink", "backlog"):
-        table.add_column(col)
+STATUS_COLUMNS = (
+    ("component", "component"),
+    ("state", "state"),
+    ("pid", "pid"),
+    ("address", "address"),
+    ("answers", "answers"),
+    ("clients", "clients"),
+    ("in", "messages_in"),
+    ("out", "messages_out"),
+    ("uplink", "uplink"),
+    ("backlog", "backlog"),
+)
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    value = row.get(key)
+    if key == "answers":
+        return ("yes" if value else "no") if row.get("address") else "-"
+    return _num(value)
+
+
+def _print_status(rows: list[dict[str, Any]]) -> None:
+    """A rich table on a terminal; plain aligned lines otherwise (scripts, logs, pipes)."""
+    if not out.is_terminal:
+        widths = [max(len(title), *(len(_cell(r, key)) for r in rows)) for title, key in STATUS_COLUMNS]
+        print("  ".join(title.ljust(w) for (title, _), w in zip(STATUS_COLUMNS, widths, strict=True)))
+        for r in rows:
+            print("  ".join(_cell(r, key).ljust(w) for (_, key), w in zip(STATUS_COLUMNS, widths, strict=True)))
+        return
+    table = Table(title="edgemq cluster")
+    for title, _ in STATUS_COLUMNS:
+        table.add_column(title)
     for r in rows:
-        state = r["state"]
-        style = "green" if state == "RUNNING" else "red"
-        table.add_row(
-            r["component"],
-            f"[{style}]{state}[/]",
-            str(r["pid"] or "-"),
-            r["address"] or "-",
-            ("yes" if r["answers"] else "no") if r["address"] else "-",
-            _num(r.get("clients")),
-            _num(r.get("messages_in")),
-            _num(r.get("messages_out")),
-            str(r.get("uplink") or "-"),
-            _num(r.get("backlog")),
-        )
-    return table
+        cells = [_cell(r, key) for _, key in STATUS_COLUMNS]
+        style = "green" if r["state"] == "RUNNING" else "red"
+        cells[1] = f"[{style}]{cells[1]}[/]"
+        table.add_row(*cells)
+    out.print(table)
 
 
 def _num(v: Any) -> str:
@@ -100,14 +118,17 @@ def cluster_up(
     cfg = _load(config)
     runner = ClusterRunner(cfg, config, devices=devices, device_rate=device_rate)
     rows = runner.up(progress=lambda m: err.print(f"[dim]{m}[/]"))
-    out.print(_status_table(rows))
-    out.print(f"run directory: {cfg.run_dir}  (logs in {runner.log_dir})")
+    _print_status(rows)
+    print(f"run directory: {cfg.run_dir}")
+    for r in rows:
+        print(f"  {r['component']:<14} {r['address'] or '':<22} log: {r['log']}")
     cloud = cfg.cloud
     edge = cfg.sites[0].brokers[0]
-    out.print(
+    print(
         "try:\n"
         f"  mosquitto_sub -h {cloud.host} -p {cloud.port} -t 'telemetry/#' -v\n"
-        f"  mosquitto_pub -h {edge.host} -p {edge.port} -q 1 -t telemetry/{cfg.sites[0].id}/pump-7/temp -m 21.5"
+        f"  mosquitto_pub -h {edge.host} -p {edge.port} -q 1 -t telemetry/{cfg.sites[0].id}/pump-7/temp -m 21.5\n"
+        "stop with: make cluster-down"
     )
 
 
@@ -132,9 +153,9 @@ def cluster_status(
     cfg = _load(config)
     rows = ClusterRunner(cfg, config).status()
     if as_json:
-        out.print_json(json.dumps(rows))
+        print(json.dumps(rows, indent=2))
     else:
-        out.print(_status_table(rows))
+        _print_status(rows)
 
 
 # ---- single processes ---------------------------------------------------------------------

@@ -156,7 +156,7 @@ class ClusterRunner:
                 f"priority={100 + i}",
                 "autostart=true",
                 "autorestart=true",
-                "startsecs=2",
+                "startsecs=1",
                 "startretries=20",
                 "stopsignal=TERM",
                 "stopwaitsecs=15",
@@ -222,6 +222,18 @@ class ClusterRunner:
                     f"{c.name} did not answer on {c.host}:{c.port} within {START_DEADLINE_S:.0f}s; cluster stopped",
                     hint=f"last lines of its log:\n{tail}",
                 )
+        # supervisord calls a process RUNNING once it has stayed up for startsecs.
+        names = {c.name for c in self.components()}
+        while True:
+            states = {i["name"]: i["statename"] for i in self._rpc().supervisor.getAllProcessInfo()}
+            if all(states.get(n) == "RUNNING" for n in names):
+                break
+            bad = {n: st for n, st in states.items() if st in ("FATAL", "EXITED", "BACKOFF")}
+            if bad or time.monotonic() > deadline + START_DEADLINE_S:
+                self.down()
+                raise ClusterError(f"components did not reach RUNNING: {bad or states}; cluster stopped",
+                                   hint=f"see the logs in {self.log_dir}")
+            time.sleep(0.1)
         return self.status()
 
     def down(self, progress: Any = None) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -112,7 +113,7 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str) -> None:
     """Run one edge node (amqtt broker + durable buffer + cloud link) until signalled."""
     from bridge.store import Store
 
-    from bridge.buffer import Rec
+    from bridge.buffer import Record
 
     site, bcfg = cfg.locate(f"{site_id}/{broker_id}")
     name = component_name(site.id, bcfg.id)
@@ -127,7 +128,7 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str) -> None:
         durability=bufcfg.durability,
         commit_interval_s=bufcfg.commit_interval_s,
     ) as store:
-        tap = BufferTap(TopicMap.build(cfg.bridge.uplink, site.id), store, Rec, durability=bufcfg.durability)
+        tap = BufferTap(TopicMap.build(cfg.bridge.uplink, site.id), store, Record, durability=bufcfg.durability)
         broker = EdgeBroker(amqtt_config(bcfg.host, bcfg.port), tap=tap)
         await broker.start()
         started = time.time()
@@ -144,7 +145,7 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str) -> None:
         def snapshot() -> dict[str, Any]:
             data = _broker_snapshot(broker, name, f"{bcfg.host}:{bcfg.port}", started)
             data["uplink"] = link.statistics().__dict__
-            data["buffer"] = store.statistics().as_dict()
+            data["buffer"] = dataclasses.asdict(store.statistics())
             data["buffer_path"] = str(path)
             data["append_failures"] = tap.failed
             return data
