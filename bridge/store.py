@@ -109,6 +109,7 @@ class _Close:
 
 
 _Op = _Append | _Ack | _Read | _Close
+_Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]  # future, result, exception
 
 
 class _RateLimitedLog:
@@ -298,13 +299,19 @@ class Store:
             self._loop.call_soon_threadsafe(fn, *args)
 
     def _resolve(self, fut: asyncio.Future[Any], result: Any = None, exc: BaseException | None = None) -> None:
+        self._resolve_all([(fut, result, exc)])
+
+    def _resolve_all(self, outcomes: list[_Outcome]) -> None:
+        """Settle many futures with one wake-up of the event loop (one per group commit)."""
+
         def settle() -> None:
-            if fut.done():
-                return  # cancelled by its awaiter
-            if exc is not None:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(result)
+            for fut, result, exc in outcomes:
+                if fut.done():
+                    continue  # cancelled by its awaiter
+                if exc is not None:
+                    fut.set_exception(exc)
+                else:
+                    fut.set_result(result)
 
         self._call(settle)
 
@@ -341,12 +348,15 @@ class Store:
         while True:
             op = pending if pending is not None else self._queue.get()
             pending = None
+            # Statistics are published before any waiter is woken, so a caller that
+            # awaited an operation sees its effect in ``statistics()``.
             if isinstance(op, _Read):
                 try:
-                    self._resolve(op.future, buf.read(op.after_seq, op.limit, self._clock()))
+                    outcome: _Outcome = (op.future, buf.read(op.after_seq, op.limit, self._clock()), None)
                 except Exception as exc:
-                    self._resolve(op.future, exc=store_error(exc, self.path))
+                    outcome = (op.future, None, store_error(exc, self.path))
                 self._publish(buf)
+                self._resolve_all([outcome])
             elif isinstance(op, _Close):
                 try:
                     buf.close()
@@ -358,8 +368,9 @@ class Store:
                 appends: list[_Append] = []
                 acks: list[int] = []
                 pending = self._gather(op, appends, acks)
-                self._commit(buf, appends, acks)
+                outcomes = self._commit(buf, appends, acks)
                 self._publish(buf)
+                self._resolve_all(outcomes)
 
     def _gather(self, first: _Append | _Ack, appends: list[_Append], acks: list[int]) -> _Op | None:
         """Collect appends and acks for one group commit; return an op that ends the group."""
@@ -380,7 +391,7 @@ class Store:
             except queue.Empty:
                 return None
 
-    def _commit(self, buf: Buffer, appends: list[_Append], acks: list[int]) -> None:
+    def _commit(self, buf: Buffer, appends: list[_Append], acks: list[int]) -> list[_Outcome]:
         if acks:
             try:
                 buf.ack(acks)
@@ -388,22 +399,19 @@ class Store:
                 # The rows stay and are forwarded again later: at-least-once, not loss.
                 self._warn.warning("ack", "buffer %s: ack failed: %s", self.path, store_error(exc, self.path))
         if not appends:
-            return
+            return []
         try:
             result = buf.append_many([a.record for a in appends], self._clock())
         except Exception as exc:
             err = store_error(exc, self.path)
-            for a in appends:
-                self._resolve(a.future, exc=err)
-            return
+            return [(a.future, None, err) for a in appends]
         failure = store_error(result.error, self.path) if result.error is not None else None
         if failure is not None:
             self._warn.warning("append", "buffer %s: %d records dropped: %s", self.path, len(appends), failure)
-        for a, seq in zip(appends, result.seqs, strict=True):
-            if seq is not None:
-                self._resolve(a.future, seq)
-            else:
-                self._resolve(a.future, exc=failure or self._refused())
+        return [
+            (a.future, seq, None) if seq is not None else (a.future, None, failure or self._refused())
+            for a, seq in zip(appends, result.seqs, strict=True)
+        ]
 
     def _refused(self) -> StoreFull:
         return StoreFull(
