@@ -35,7 +35,7 @@ class Backoff:
         ceiling = min(self.cap_s, self.base_s * (2 ** min(self.attempt, 62)))
         self.attempt += 1
         floor = ceiling * self.floor_fraction
-        return floor + self.rng.random() * (ceiling - floor)
+        return float(floor + self.rng.random() * (ceiling - floor))
 
     def reset(self) -> None:
         """Forget past failures (call once a connection has proven healthy)."""

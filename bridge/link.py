@@ -184,7 +184,7 @@ class Uplink:
         offline = json.dumps({"site": self.site, "broker": self.broker_id, "state": "offline"})
         connect_props = None
         if v5:
-            connect_props = Properties(PacketTypes.CONNECT)
+            connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho is untyped
             connect_props.SessionExpiryInterval = 0xFFFFFFFF
         client = aiomqtt.Client(
             self.cloud.host,
@@ -265,7 +265,7 @@ class Uplink:
             qos = rule.qos if rule else 1
             props = None
             if self.cloud.protocol == "5":
-                props = Properties(PacketTypes.PUBLISH)
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho is untyped
                 props.UserProperty = ("edgemq-id", self.message_id(rec.seq))
             if rec.seq <= self._sent_high:
                 self.resent += 1

@@ -111,9 +111,8 @@ async def run_cloud(cfg: ClusterConfig) -> None:
 
 async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str) -> None:
     """Run one edge node (amqtt broker + durable buffer + cloud link) until signalled."""
-    from bridge.store import Store
-
     from bridge.buffer import Record
+    from bridge.store import Store
 
     site, bcfg = cfg.locate(f"{site_id}/{broker_id}")
     name = component_name(site.id, bcfg.id)

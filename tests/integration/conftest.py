@@ -163,7 +163,8 @@ class Harness:
         parts = []
         for proc in list(self.procs.values()):
             text = proc.log.read_text(errors="replace") if proc.log.exists() else ""
-            parts.append(f"----- {proc.name} (exit {proc.popen.poll()}) -----\n" + "\n".join(text.splitlines()[-lines:]))
+            head = f"----- {proc.name} (exit {proc.popen.poll()}) -----\n"
+            parts.append(head + "\n".join(text.splitlines()[-lines:]))
         for path in self.extra_logs:
             if path.exists():
                 text = path.read_text(errors="replace")

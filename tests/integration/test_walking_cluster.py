@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from devices.fleet import Ack, FleetConfig, run_fleet
-from tests.integration.conftest import Collector, Harness, publish_once, wait_for
+from tests.integration.conftest import Harness, publish_once, wait_for
 
 pytestmark = [pytest.mark.timeout(180)]
 
@@ -91,7 +91,7 @@ def test_edge_publish_reaches_cloud_and_state_is_retained(harness: Any, collecto
     cloud = collectors(h.cfg.cloud.host, h.cfg.cloud.port, ["telemetry/#", "edgemq/#"])
     publish_once(b.host, b.port, f"telemetry/{site.id}/pump-7/temp", b"21.5")
     wait_for(lambda: cloud.count("telemetry/") == 1, 30, "telemetry at the cloud")
-    m = [m for m in cloud.snapshot() if m.topic.startswith("telemetry/")][0]
+    m = next(m for m in cloud.snapshot() if m.topic.startswith("telemetry/"))
     assert (m.topic, m.payload) == (f"telemetry/{site.id}/pump-7/temp", b"21.5")
     wait_for(lambda: cloud.count(f"edgemq/{site.id}/{b.id}/state") >= 1, 30, "retained bridge state")
     state = [m for m in cloud.snapshot() if m.topic.endswith("/state")][-1]
