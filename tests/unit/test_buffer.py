@@ -339,3 +339,9 @@ def test_invalid_limits_are_refused() -> None:
         open_buf(":memory:", max_messages=0)
     with pytest.raises(ValueError):
         open_buf(":memory:", ttl_s=-1)
+
+
+def test_every_drop_reason_and_durability_mode_is_documented() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "buffer.md").read_text()
+    for name in (*DROP_REASONS, "fsync", "os", "relaxed", "drop_oldest", "reject_new"):
+        assert f"`{name}`" in doc, name
