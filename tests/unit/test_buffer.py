@@ -261,7 +261,7 @@ def test_corrupt_pages_are_detected(path: Path) -> None:
 
 
 def test_foreign_sqlite_database_is_moved_aside(path: Path) -> None:
-    sqlite_utils.Database(path)["dogs"].insert({"name": "Cleo"})
+    sqlite_utils.Database(path).table("dogs").insert({"name": "Cleo"})
     b = open_buf(path)
     assert b.recovered_from is not None
     assert sqlite_utils.Database(b.recovered_from)["dogs"].count == 1
