@@ -204,6 +204,8 @@ class Uplink:
             max_inflight_messages=self.bridge.inflight + 2,
             logger=logging.getLogger("bridge.paho"),
         )
+        # aiomqtt warns above 10 pending publishes; our window is the bound that matters.
+        client.pending_calls_threshold = self.bridge.inflight + 10
         return client
 
     async def _serve_once(self) -> None:
@@ -217,9 +219,23 @@ class Uplink:
             await client.publish(state_topic(self.site, self.broker_id), online, qos=1, retain=True)
             for topic_filter, qos in self.downlink_map.remote_filters():
                 await client.subscribe(topic_filter, qos)
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._forward(client), name=f"uplink-forward-{self.broker_id}")
-                tg.create_task(self._downlink(client), name=f"downlink-{self.broker_id}")
+            # Both directions share the connection: the first to fail ends it, and its own
+            # exception (not an ExceptionGroup) goes to run()'s reconnect logic.
+            tasks = [
+                asyncio.create_task(self._forward(client), name=f"uplink-forward-{self.broker_id}"),
+                asyncio.create_task(self._downlink(client), name=f"downlink-{self.broker_id}"),
+            ]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            for task in done:
+                exc = task.exception()
+                if exc is not None:
+                    raise exc
+            raise LinkBroken("link task ended without an error", recoverable=True)
 
     async def _forward(self, client: aiomqtt.Client) -> None:
         position = 0

@@ -4,7 +4,9 @@
 ``fsync`` and ``os`` durability modes, ``offer`` returns only after the group
 commit containing the message, so the broker's PUBACK means "committed". Under
 ``relaxed`` the append is scheduled in order but not awaited (ack on receipt).
-Failures are counted here and never raised into the broker.
+A message the buffer refuses (``reject_new`` at capacity, disk full) raises
+``StoreError`` to the broker, which then does not acknowledge it (QoS 1): the
+device keeps it and sends it again after reconnecting. That is the backpressure.
 """
 
 from __future__ import annotations
@@ -59,7 +61,10 @@ class BufferTap:
         try:
             await self.store.append(rec)
         except StoreError as exc:
+            # Not stored (reject_new, disk full, corrupt file): counted by the buffer. The
+            # broker must not acknowledge it; it closes the device's connection instead.
             self._note(exc)
+            raise
 
     def _log_failure(self, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled():

@@ -30,6 +30,9 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import OutgoingApplicationMessage, Session
 
+from broker.errors import StoreError
+from broker.ratelog import RateLimitedLog
+
 __all__ = ["BrokerCounters", "EdgeBroker", "UplinkTap", "amqtt_config"]
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,7 @@ class BrokerCounters:
     bytes_in: int = 0
     bytes_out: int = 0
     uplink_offered: int = 0
+    uplink_refused: int = 0
     invalid_publish: int = 0
 
 
@@ -83,9 +87,19 @@ class EdgeProtocolHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt
             session = self.session
             if session is not None and await broker.may_publish(session, topic):
                 counters.uplink_offered += 1
-                await tap.offer(
-                    topic, bytes(data), publish_packet.qos or 0, bool(publish_packet.retain_flag), session.client_id
-                )
+                qos = publish_packet.qos or 0
+                try:
+                    await tap.offer(topic, bytes(data), qos, bool(publish_packet.retain_flag), session.client_id)
+                except StoreError as exc:
+                    counters.uplink_refused += 1
+                    broker.ratelog.warning(
+                        "refused", "uplink buffer refused a message from %s on %s: %s", session.client_id, topic, exc
+                    )
+                    if qos > 0:
+                        # No PUBACK for what we could not store: close the connection; the
+                        # device resends after reconnecting (backpressure, nothing lost).
+                        await self.handle_connection_closed()
+                        return
         await super().handle_publish(publish_packet)
 
     async def mqtt_publish(
@@ -109,6 +123,7 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
         super().__init__(config)
         self.tap = tap
         self.counters = BrokerCounters()
+        self.ratelog = RateLimitedLog(log)
 
     async def _handle_client_session(
         self,

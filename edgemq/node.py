@@ -152,7 +152,15 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str) -> None:
         link_task = asyncio.create_task(link.run(), name=f"uplink-{site.id}-{bcfg.id}")
         stats = asyncio.create_task(_stats_loop(stats_path(cfg, name), snapshot), name="stats")
         try:
-            await _until_signalled()
+            # The link never ends by itself; if it does, that is a bug: exit non-zero so the
+            # supervisor restarts us (the buffer keeps everything not yet acknowledged).
+            signalled = asyncio.create_task(_until_signalled(), name="signals")
+            done, _ = await asyncio.wait({signalled, link_task}, return_when=asyncio.FIRST_COMPLETED)
+            if link_task in done:
+                signalled.cancel()
+                exc = link_task.exception()
+                log.critical("uplink task ended unexpectedly: %r", exc)
+                raise SystemExit(3)
         finally:
             log.info("edge broker %s/%s shutting down", site.id, bcfg.id)
             for task in (stats, link_task):

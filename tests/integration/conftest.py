@@ -8,6 +8,7 @@ a test fails. ``Collector`` is a paho subscriber that records what arrives.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -114,6 +115,24 @@ class Harness:
         proc = self._spawn("cloud", ["broker", "cloud", "--config", str(self.config_path)])
         assert wait_until_answers(self.cfg.cloud.host, self.cfg.cloud.port, 30), self.logs()
         return proc
+
+    def start_cloud_at(self, port: int, name: str = "cloud") -> Proc:
+        """An embedded cloud on ``port`` (the edges may reach it through a proxy on cfg.cloud.port)."""
+        cloud = self.cfg.cloud.model_copy(update={"embedded": True, "port": port})
+        path = self.tmp / f"{name}.toml"
+        path.write_text(to_toml(self.cfg.model_copy(update={"cloud": cloud})))
+        proc = self._spawn(name, ["broker", "cloud", "--config", str(path)])
+        assert wait_until_answers(self.cfg.cloud.host, port, 30), self.logs()
+        return proc
+
+    def edge_stats(self, ref: str) -> dict[str, Any]:
+        """The last stats snapshot an edge node wrote ({} if none yet)."""
+        site, b = self.cfg.locate(ref)
+        path = self.cfg.run_dir / "stats" / f"{site.id}.{b.id}.json"
+        try:
+            return dict(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return {}
 
     def start_edge(self, ref: str, *, wait: bool = True) -> Proc:
         site, b = self.cfg.locate(ref)
