@@ -76,6 +76,11 @@ def state_topic(site: str, broker: str) -> str:
     return f"edgemq/{site}/{broker}/state"
 
 
+def stats_topic(site: str, broker: str) -> str:
+    """Retained metrics-snapshot topic of one edge broker (published every stats_interval_s)."""
+    return f"edgemq/{site}/{broker}/stats"
+
+
 @dataclass(frozen=True)
 class LinkStats:
     """Snapshot of the link."""
@@ -103,6 +108,8 @@ class Uplink:
         store: StoreLike,
         inject: Injector,
         rng: random.Random | None = None,
+        stats: Callable[[], dict[str, Any]] | None = None,
+        stats_interval_s: float = 10.0,
     ) -> None:
         self.cloud = cloud
         self.bridge = bridge
@@ -110,6 +117,8 @@ class Uplink:
         self.broker_id = broker_id
         self.store = store
         self.inject = inject
+        self.stats = stats
+        self.stats_interval_s = stats_interval_s
         self.uplink_map = TopicMap.build(bridge.uplink, site)
         self.downlink_map = TopicMap.build(bridge.downlink, site)
         self.backoff = Backoff(bridge.reconnect_min_s, bridge.reconnect_max_s, rng or random.Random())
@@ -225,6 +234,8 @@ class Uplink:
                 asyncio.create_task(self._forward(client), name=f"uplink-forward-{self.broker_id}"),
                 asyncio.create_task(self._downlink(client), name=f"downlink-{self.broker_id}"),
             ]
+            if self.stats is not None:
+                tasks.append(asyncio.create_task(self._publish_stats(client), name=f"stats-{self.broker_id}"))
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -309,6 +320,13 @@ class Uplink:
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
             await self.inject(local_topic, payload, min(message.qos, 1), bool(message.retain))
             self.commands_down += 1
+
+    async def _publish_stats(self, client: aiomqtt.Client) -> None:
+        assert self.stats is not None
+        while True:
+            payload = json.dumps(self.stats(), default=str)
+            await client.publish(stats_topic(self.site, self.broker_id), payload, qos=0, retain=True)
+            await asyncio.sleep(self.stats_interval_s)
 
     def _set_state(self, state: str) -> None:
         if state != self.state:

@@ -22,6 +22,8 @@ from rich.table import Table
 
 from broker.config import ClusterConfig, load
 from broker.errors import EdgeMQError
+from edgemq.devices_cmd import devices_app
+from edgemq.watch_cmd import watch
 
 __all__ = ["app", "main"]
 
@@ -39,6 +41,8 @@ broker_app = typer.Typer(help="Run one broker process in the foreground.", no_ar
 config_app = typer.Typer(help="Inspect and validate cluster files.", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(broker_app, name="broker")
+app.add_typer(devices_app, name="devices")
+app.command("watch")(watch)
 app.add_typer(config_app, name="config")
 
 out = Console()
@@ -193,24 +197,6 @@ def config_check(config: ConfigOpt = Path("cluster.toml")) -> None:
     for s in cfg.sites:
         brokers = ", ".join(f"{b.id}@{b.host}:{b.port} w={b.weight:g}" for b in s.brokers)
         out.print(f"  site {s.id}: {brokers}")
-
-
-def _register_optional() -> None:
-    try:
-        from edgemq.devices_cmd import devices_app
-    except ImportError:  # pragma: no cover - while the module is being written
-        pass
-    else:
-        app.add_typer(devices_app, name="devices")
-    try:
-        from edgemq.watch_cmd import watch
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        app.command("watch")(watch)
-
-
-_register_optional()
 
 
 def main() -> None:

@@ -132,6 +132,17 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str) -> None:
         await broker.start()
         started = time.time()
         log.info("edge broker %s/%s listening on %s:%s, buffer %s", site.id, bcfg.id, bcfg.host, bcfg.port, path)
+
+        def snapshot() -> dict[str, Any]:
+            data = _broker_snapshot(broker, name, f"{bcfg.host}:{bcfg.port}", started)
+            data["site"], data["broker"] = site.id, bcfg.id
+            data["uplink"] = dataclasses.asdict(link.statistics())
+            data["buffer"] = dataclasses.asdict(store.statistics())
+            data["buffer_path"] = str(path)
+            data["append_failures"] = tap.failed
+            data["uplink_refused"] = broker.counters.uplink_refused
+            return data
+
         link = Uplink(
             cloud=cfg.cloud,
             bridge=cfg.bridge,
@@ -139,15 +150,8 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str) -> None:
             broker_id=bcfg.id,
             store=store,
             inject=broker.inject,
+            stats=snapshot,
         )
-
-        def snapshot() -> dict[str, Any]:
-            data = _broker_snapshot(broker, name, f"{bcfg.host}:{bcfg.port}", started)
-            data["uplink"] = link.statistics().__dict__
-            data["buffer"] = dataclasses.asdict(store.statistics())
-            data["buffer_path"] = str(path)
-            data["append_failures"] = tap.failed
-            return data
 
         link_task = asyncio.create_task(link.run(), name=f"uplink-{site.id}-{bcfg.id}")
         stats = asyncio.create_task(_stats_loop(stats_path(cfg, name), snapshot), name="stats")

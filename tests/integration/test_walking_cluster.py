@@ -97,6 +97,12 @@ def test_edge_publish_reaches_cloud_and_state_is_retained(harness: Any, collecto
     state = [m for m in cloud.snapshot() if m.topic.endswith("/state")][-1]
     assert json.loads(state.payload)["state"] == "online"
 
+    # A metrics snapshot is published retained beside the state.
+    wait_for(lambda: cloud.count(f"edgemq/{site.id}/{b.id}/stats") >= 1, 30, "stats snapshot at the cloud")
+    stats = json.loads(next(m for m in cloud.snapshot() if m.topic.endswith("/stats")).payload)
+    assert {"buffer", "uplink", "clients", "messages_in"} <= set(stats)
+    assert stats["buffer"]["accepted"] >= 0 and stats["uplink"]["state"] == "connected"
+
     # The bridge's will marks the broker offline when its process dies abruptly.
     h.kill(f"{site.id}.{b.id}")
     wait_for(
