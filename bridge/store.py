@@ -11,6 +11,11 @@ record has committed. Acks are queued and applied in order, before the appends
 gathered with them. Reads go through the same queue, so a read sees every ack
 queued before it.
 
+Expiry: the core expires on every read and append; while idle (no appends, the
+link down so no reads) the writer thread also runs ``expire`` every
+``expire_interval_s`` (a ticker on its queue wait), so depth and oldest age stay
+right in ``statistics()`` without traffic.
+
 The clock is read here (``time.time`` by default) and passed to the core.
 sqlite3 and OS exceptions are translated into ``broker.errors`` here, once:
 SQLITE_FULL → ``StoreFull``, corrupt/not-a-database → ``StoreCorrupt``, other
@@ -144,9 +149,12 @@ class Store:
         commit_interval_s: float = 0.002,
         max_batch: int = 1000,
         clock: Callable[[], float] = time.time,
+        expire_interval_s: float = 2.0,
     ) -> None:
         if commit_interval_s < 0 or max_batch < 1:
             raise ValueError("commit_interval_s must be >= 0 and max_batch >= 1")
+        if expire_interval_s <= 0:
+            raise ValueError("expire_interval_s must be > 0")
         self.path = str(path)
         self._open_args: dict[str, Any] = {
             "max_messages": max_messages,
@@ -156,6 +164,7 @@ class Store:
         }
         self.commit_interval_s = commit_interval_s
         self.max_batch = max_batch
+        self.expire_interval_s = expire_interval_s
         self._clock = clock
         self._queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -179,6 +188,7 @@ class Store:
         commit_interval_s: float = 0.002,
         max_batch: int = 1000,
         clock: Callable[[], float] = time.time,
+        expire_interval_s: float = 2.0,
     ) -> Store:
         """A store to enter with ``async with``; the file is opened on entry."""
         return cls(
@@ -190,6 +200,7 @@ class Store:
             commit_interval_s=commit_interval_s,
             max_batch=max_batch,
             clock=clock,
+            expire_interval_s=expire_interval_s,
         )
 
     # --------------------------------------------------------------- lifecycle
@@ -345,9 +356,19 @@ class Store:
 
     def _serve(self, buf: Buffer) -> None:
         pending: _Op | None = None
+        next_expire = time.monotonic() + self.expire_interval_s
         while True:
-            op = pending if pending is not None else self._queue.get()
-            pending = None
+            if pending is not None:
+                op: _Op = pending
+                pending = None
+            else:
+                if time.monotonic() >= next_expire:
+                    self._tick_expire(buf)
+                    next_expire = time.monotonic() + self.expire_interval_s
+                try:
+                    op = self._queue.get(timeout=max(0.0, next_expire - time.monotonic()))
+                except queue.Empty:
+                    continue
             # Statistics are published before any waiter is woken, so a caller that
             # awaited an operation sees its effect in ``statistics()``.
             if isinstance(op, _Read):
@@ -371,6 +392,18 @@ class Store:
                 outcomes = self._commit(buf, appends, acks)
                 self._publish(buf)
                 self._resolve_all(outcomes)
+
+    def _tick_expire(self, buf: Buffer) -> None:
+        """The idle ticker: expire by ttl even when nothing reads or appends."""
+        if buf.ttl_s is None:
+            return
+        try:
+            expired = buf.expire(self._clock())
+        except Exception as exc:
+            self._warn.warning("expire", "buffer %s: expiry failed: %s", self.path, store_error(exc, self.path))
+            return
+        if expired:
+            self._publish(buf)
 
     def _gather(self, first: _Append | _Ack, appends: list[_Append], acks: list[int]) -> _Op | None:
         """Collect appends and acks for one group commit; return an op that ends the group."""

@@ -205,3 +205,26 @@ def test_sqlite_errors_are_mapped_once() -> None:
     assert type(store_error(sqlite3.OperationalError("x"), "b.db")) is StoreError
     same = StoreFull("already ours")
     assert store_error(same, "b.db") is same
+
+
+def test_idle_expiry_runs_without_reads_or_appends(tmp_path: Path) -> None:
+    now = [0.0]
+
+    async def body(s: Store) -> None:
+        await s.append(rec())
+        await s.append(rec(1))
+        assert s.statistics().depth_messages == 2
+        now[0] = 61.0  # nothing reads or appends from here on: only the ticker can expire
+        for _ in range(200):
+            if s.statistics().depth_messages == 0:
+                break
+            await asyncio.sleep(0.01)
+        stats = s.statistics()
+        assert (stats.depth_messages, stats.dropped["expired"], stats.oldest_age_s) == (0, 2, None)
+
+    with_store(tmp_path / "b.db", body, ttl_s=60.0, clock=lambda: now[0], expire_interval_s=0.02)
+
+
+def test_expire_interval_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        Store.open(tmp_path / "b.db", max_messages=1, max_bytes=1, expire_interval_s=0)
