@@ -1,24 +1,26 @@
-"""Which of its site's brokers a device connects to: the one place devices decide.
+"""Which of its site's brokers a device belongs to: the site's ring, read from the cluster file.
 
-How it works: a pinned hash (BLAKE2b, 8 bytes, big-endian) of the UTF-8 key
-``{site}/{device}``, modulo the number of brokers with a non-zero weight,
-sorted by id. Every process computes the same answer from the same cluster
-file, whatever the order brokers are listed in and whatever PYTHONHASHSEED is.
+How it works: ``site_ring`` builds the site's ``broker.ring.Ring`` from the
+brokers' ids and weights (cached by those pairs, so building it per call is
+free); the ownership key is ``{site}/{device}``. ``choose_broker`` is the
+owner, ``preference`` the owner followed by its distinct successors (the order
+a device walks when its owner is unreachable). Every process computes the same
+answer from the same cluster file, whatever the order brokers are listed in
+and whatever PYTHONHASHSEED is.
 
-What it does not do: weights beyond "0 owns nothing", minimal movement when
-brokers change (modulo hashing moves most devices), failover. The
-consistent-hashing ring (``broker.ring``, issue 3) replaces the body of
-``choose_broker``; callers do not change.
+What it does not do: no liveness, no I/O. Whether a broker answers is the
+device client's business (``devices.failover`` decides where to go next).
 """
 
 from __future__ import annotations
 
-import hashlib
+from functools import lru_cache
 
 from broker.config import BrokerConfig, SiteConfig
 from broker.errors import RingError
+from broker.ring import Ring
 
-__all__ = ["choose_broker", "device_key"]
+__all__ = ["choose_broker", "device_key", "preference", "site_ring"]
 
 
 def device_key(site_id: str, device_id: str) -> str:
@@ -26,17 +28,30 @@ def device_key(site_id: str, device_id: str) -> str:
     return f"{site_id}/{device_id}"
 
 
-def _stable_hash(key: str) -> int:
-    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big")
+@lru_cache(maxsize=256)
+def _ring(site_id: str, pairs: tuple[tuple[str, float], ...]) -> Ring:
+    if not any(w > 0 for _, w in pairs):
+        raise RingError(
+            f"site {site_id!r} has no broker with a non-zero weight",
+            hint="give at least one broker of the site a weight > 0",
+            site=site_id,
+        )
+    return Ring(pairs)
+
+
+def site_ring(site: SiteConfig) -> Ring:
+    """The ownership ring of ``site``: its brokers with their weights from the cluster file."""
+    return _ring(site.id, tuple(sorted((b.id, b.weight) for b in site.brokers)))
+
+
+def preference(site: SiteConfig, device_id: str, n: int | None = None) -> list[BrokerConfig]:
+    """The owner of ``device_id`` then its successors: ``n`` brokers (all with weight > 0 if None)."""
+    ring = site_ring(site)
+    ids = ring.preference(device_key(site.id, device_id), n if n is not None else len(ring))
+    by_id = {b.id: b for b in site.brokers}
+    return [by_id[b] for b in ids]
 
 
 def choose_broker(site: SiteConfig, device_id: str) -> BrokerConfig:
-    """The broker of ``site`` that ``device_id`` connects to."""
-    candidates = sorted((b for b in site.brokers if b.weight > 0), key=lambda b: b.id)
-    if not candidates:
-        raise RingError(
-            f"site {site.id!r} has no broker with a non-zero weight",
-            hint="give at least one broker of the site a weight > 0",
-            site=site.id,
-        )
-    return candidates[_stable_hash(device_key(site.id, device_id)) % len(candidates)]
+    """The broker of ``site`` that owns ``device_id`` (where it connects when that broker answers)."""
+    return site.broker(site_ring(site).owner(device_key(site.id, device_id)))

@@ -1,4 +1,4 @@
-"""devices.placement: a stable, order-independent choice among a site's brokers."""
+"""devices.placement: the site's ring from the cluster file; owner and preference list per device."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 
 from broker.config import BrokerConfig, SiteConfig
 from broker.errors import RingError
-from devices.placement import choose_broker, device_key
+from broker.ring import Ring
+from devices.placement import choose_broker, device_key, preference, site_ring
 
 
 def site(*ids: str, weights: dict[str, float] | None = None) -> SiteConfig:
@@ -31,7 +32,7 @@ def test_pinned_values() -> None:
     assert got == GOLDEN
 
 
-GOLDEN = {"dev-0001": "a3", "dev-0002": "a3", "dev-0003": "a2", "pump-7": "a3"}
+GOLDEN = {"dev-0001": "a3", "dev-0002": "a1", "dev-0003": "a1", "pump-7": "a1"}
 
 
 def test_independent_of_listing_order() -> None:
@@ -64,3 +65,40 @@ def test_a_site_without_weight_has_no_broker_to_choose() -> None:
 def test_returns_the_broker_model_itself() -> None:
     s = site("a1", "a2")
     assert choose_broker(s, "dev-0001") in s.brokers
+
+
+def test_site_ring_takes_ids_and_weights_from_the_config() -> None:
+    s = site("a1", "a2", "a3", weights={"a2": 2.0, "a3": 0.0})
+    assert site_ring(s) == Ring({"a1": 1.0, "a2": 2.0, "a3": 0.0})
+    assert site_ring(s) is site_ring(site("a3", "a2", "a1", weights={"a2": 2.0, "a3": 0.0}))  # cached
+
+
+def test_owner_is_the_rings_owner_of_site_slash_device() -> None:
+    s = site("a1", "a2", "a3")
+    ring = Ring.uniform(["a1", "a2", "a3"])
+    for i in range(300):
+        d = f"dev-{i:04d}"
+        assert choose_broker(s, d).id == ring.owner(f"plant-1/{d}")
+
+
+def test_preference_starts_at_the_owner_and_lists_distinct_live_brokers() -> None:
+    s = site("a1", "a2", "a3", "a4", weights={"a4": 0.0})
+    for i in range(200):
+        d = f"dev-{i:04d}"
+        full = [b.id for b in preference(s, d)]
+        assert full[0] == choose_broker(s, d).id
+        assert sorted(full) == ["a1", "a2", "a3"]
+        assert [b.id for b in preference(s, d, 2)] == full[:2]
+        assert all(b in s.brokers for b in preference(s, d))
+
+
+def test_golden_preference_lists() -> None:
+    s = site("a1", "a2", "a3")
+    got = {d: [b.id for b in preference(s, d, 3)] for d in ("dev-0001", "dev-0002", "pump-7")}
+    assert got == {"dev-0001": ["a3", "a1", "a2"], "dev-0002": ["a1", "a2", "a3"], "pump-7": ["a1", "a2", "a3"]}
+
+
+def test_weights_shift_the_share() -> None:
+    s = site("a1", "a2", weights={"a1": 3.0, "a2": 1.0})
+    counts = Counter(choose_broker(s, f"dev-{i:04d}").id for i in range(4000))
+    assert 2800 <= counts["a1"] <= 3200, counts
