@@ -1,10 +1,15 @@
 """The fleet simulator: N devices in one asyncio event loop, one MQTT connection each.
 
-Each device connects to the broker ``choose_broker`` picks for it (the single
-place devices decide; the ring-aware client of issue 3 replaces that call in
-``_Runner._target``), with a stable client id ``dev-{site}-{device}``, a
-persistent session (clean session off) and a will ``offline`` (retained, QoS 1)
-on ``status/{site}/{device}``. Once connected it subscribes to
+Each device connects to its owner on the site's ring (``devices.placement``),
+with a stable client id ``dev-{site}-{device}``, a persistent session (clean
+session off) and a will ``offline`` (retained, QoS 1) on
+``status/{site}/{device}``. Where it connects is decided by its failover policy
+(``devices.failover``, pure): when the owner is unreachable the device walks its
+preference list; while away it probes the owner (a raw MQTT CONNECT/CONNACK,
+jittered intervals) and, once the owner has answered every probe for
+``hold_down_s``, it finishes its in-flight message, disconnects cleanly and goes
+home. Every move is recorded as a ``Move`` (time, broker, reason) in the
+device's history, and passed to ``on_move``. Once connected it subscribes to
 ``commands/{site}/{device}/#`` (QoS 1), then publishes ``online`` (retained) on
 its status topic, so ``online`` means commands reach it; it logs and counts
 each command, and publishes JSON telemetry on
@@ -14,8 +19,9 @@ spread evenly over time.
 
 Delivery rule: a device has at most one telemetry message in flight; it counts
 as *acknowledged* when the broker's PUBACK arrives (``on_ack`` is called then).
-If the connection breaks first, the device reconnects with capped, jittered
-exponential back-off and re-sends the same bytes (same ``seq``) before anything
+If the connection breaks first, the device reconnects (owner first, then down
+its preference list; capped, jittered exponential back-off after a whole walk
+failed) and re-sends the same bytes (same ``seq``) before anything
 new: at-least-once, in order, duplicates recognisable by ``(device, seq)``. So
 a device's acknowledged sequence numbers are always exactly ``1..acked``.
 
@@ -43,8 +49,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from broker.config import BrokerConfig, SiteConfig
 from broker.ratelog import RateLimitedLog
+from devices.failover import FailoverPolicy, FailoverSettings, State, backoff_delay
 from devices.payload import Telemetry
-from devices.placement import choose_broker
+from devices.placement import choose_broker, preference
 
 __all__ = [
     "Ack",
@@ -52,6 +59,7 @@ __all__ = [
     "FleetConfig",
     "FleetResult",
     "FleetStats",
+    "Move",
     "backoff_delay",
     "client_id",
     "command_filter",
@@ -88,6 +96,16 @@ class FleetConfig(BaseModel):
     reconnect_min_s: float = Field(0.5, gt=0, description="Back-off ceiling of the first reconnect attempt.")
     reconnect_max_s: float = Field(15.0, gt=0, description="Cap on the reconnect back-off.")
     progress_interval_s: float = Field(0.5, gt=0, description="How often on_progress is called.")
+    preference_n: int | None = Field(
+        None, ge=1, description="How many brokers of its preference list a device walks; all of the site if unset."
+    )
+    probe_interval_s: float = Field(5.0, gt=0, description="Mean interval between probes of the owner while away.")
+    probe_jitter: float = Field(0.5, ge=0, lt=1, description="Probe intervals are uniform in (1 ± jitter) × mean.")
+    probe_timeout_s: float = Field(2.0, gt=0, description="Bound on one probe (TCP connect + CONNACK).")
+    hold_down_s: float = Field(
+        30.0, ge=0, description="The owner must answer every probe this long before a device goes home."
+    )
+    stable_s: float = Field(10.0, ge=0, description="A connection that lasted this long resets the back-off.")
 
     @model_validator(mode="after")
     def _backoff_order(self) -> FleetConfig:
@@ -111,6 +129,21 @@ class FleetStats:
     reconnects: int
     finished: int
     elapsed_s: float
+    per_broker: dict[str, int] = field(default_factory=dict)  # devices connected to each broker now
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """A device arrived at ``broker`` (or, with ``broker`` None, lost or left its connection) and why.
+
+    ``at`` is the event loop's clock (``time.monotonic()`` under the default loop).
+    """
+
+    device: str
+    at: float
+    broker: str | None
+    state: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +169,8 @@ class DeviceReport:
     commands: int
     errors: int
     reconnects: int
+    owner: str = ""
+    history: tuple[Move, ...] = ()
 
     @property
     def acked_seqs(self) -> range:
@@ -185,10 +220,33 @@ def next_due(due: float, period: float, now: float) -> float:
     return max(due + period, now)
 
 
-def backoff_delay(attempt: int, rng: random.Random, base_s: float, cap_s: float) -> float:
-    """Delay before reconnect ``attempt`` (0-based): uniform in [c/2, c], c = min(cap, base·2^attempt)."""
-    ceiling = min(cap_s, base_s * 2 ** min(attempt, 32))
-    return rng.uniform(ceiling / 2, ceiling)
+def _connect_packet(client_id: str, keepalive_s: int) -> bytes:
+    """An MQTT 3.1.1 CONNECT with a clean session (a probe leaves nothing behind)."""
+    cid = client_id.encode()
+    body = b"\x00\x04MQTT\x04\x02" + keepalive_s.to_bytes(2, "big") + len(cid).to_bytes(2, "big") + cid
+    return b"\x10" + bytes([len(body)]) + body
+
+
+async def probe_broker(host: str, port: int, client_id: str, timeout: float) -> bool:
+    """True if the broker at host:port answers a CONNECT with CONNACK 0 within ``timeout`` seconds."""
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(_connect_packet(client_id, 10))
+            await writer.drain()
+            data = await reader.readexactly(4)
+            writer.write(b"\xe0\x00")  # DISCONNECT
+            await writer.drain()
+            return data[0] == 0x20 and data[3] == 0
+    except (OSError, TimeoutError, asyncio.IncompleteReadError):
+        return False
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await writer.wait_closed()
 
 
 # --- the shell ----------------------------------------------------------------------------------
@@ -205,6 +263,7 @@ class _Counters:
     errors: int = 0
     reconnects: int = 0
     finished: int = 0
+    per_broker: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -216,7 +275,11 @@ class _Device:
     due: float
     base_temp: float
     base_humidity: float
+    policy: FailoverPolicy
     broker: str = ""
+    attempts: int = 0
+    moving: bool = False
+    history: list[Move] = field(default_factory=list)
     next_seq: int = 1
     pending: tuple[int, bytes] | None = None
     session_up: bool = False
@@ -240,11 +303,22 @@ class _Runner:
         config: FleetConfig,
         stop: asyncio.Event,
         on_ack: Callable[[Ack], None] | None,
+        on_move: Callable[[Move], None] | None = None,
     ) -> None:
         self.cfg = config
         self.site = config.site.id
         self.stop = stop
         self.on_ack = on_ack
+        self.on_move = on_move
+        self.brokers = {b.id: b for b in config.site.brokers}
+        self.failover = FailoverSettings(
+            probe_interval_s=config.probe_interval_s,
+            probe_jitter=config.probe_jitter,
+            hold_down_s=config.hold_down_s,
+            retry_min_s=config.reconnect_min_s,
+            retry_max_s=config.reconnect_max_s,
+            stable_s=config.stable_s,
+        )
         self.loop = asyncio.get_running_loop()
         self.started_at = self.loop.time()
         self.deadline = None if config.duration_s is None else self.started_at + config.duration_s
@@ -252,19 +326,22 @@ class _Runner:
         self.counters = _Counters()
         self.connect_slots = asyncio.Semaphore(config.connect_batch)
         self.warnings = RateLimitedLog(logger, interval_s=10.0, clock=self.loop.time)
+        choose_broker(config.site, "dev-0000")  # a site no device can use fails here, not per device
         self.devices = [self._make_device(d) for d in device_ids(config.first_device, config.devices)]
-        choose_broker(config.site, self.devices[0].id)  # a site no device can use fails here, not per device
 
     def _make_device(self, device: str) -> _Device:
         rng = random.Random(f"{self.cfg.seed}:{self.site}:{device}")
+        backoff_rng = random.Random(f"{self.cfg.seed}:{self.site}:{device}:backoff")
+        walk = [b.id for b in preference(self.cfg.site, device, self.cfg.preference_n)]
         return _Device(
             id=device,
             client_id=client_id(self.site, device),
             rng=rng,
-            backoff_rng=random.Random(f"{self.cfg.seed}:{self.site}:{device}:backoff"),
+            backoff_rng=backoff_rng,
             due=0.0,
             base_temp=rng.uniform(15.0, 30.0),
             base_humidity=rng.uniform(30.0, 60.0),
+            policy=FailoverPolicy(walk, self.failover, backoff_rng, self.loop.time()),
         )
 
     def stats(self) -> FleetStats:
@@ -281,6 +358,7 @@ class _Runner:
             reconnects=c.reconnects,
             finished=c.finished,
             elapsed_s=self.loop.time() - self.started_at,
+            per_broker={b: c.per_broker.get(b, 0) for b in self.brokers},
         )
 
     def over(self) -> bool:
@@ -289,17 +367,19 @@ class _Runner:
     def _done(self, dev: _Device) -> bool:
         return self.over() or (self.cfg.messages is not None and dev.acked >= self.cfg.messages)
 
-    async def _sleep_until(self, when: float) -> bool:
-        """Sleep until ``when`` in short ticks; False if the fleet is over first."""
+    async def _sleep_until(self, when: float, dev: _Device | None = None) -> bool:
+        """Sleep until ``when`` in short ticks; False if the fleet is over (or ``dev`` is moving) first."""
         while (left := when - self.loop.time()) > 0:
-            if self.over():
+            if self.over() or (dev is not None and dev.moving):
                 return False
             await asyncio.sleep(min(left, _TICK_S))
-        return not self.over()
+        return not self.over() and not (dev is not None and dev.moving)
 
-    def _target(self, dev: _Device) -> BrokerConfig:
-        # The one decision point; the ring-aware client (issue 3) walks a preference list here.
-        return choose_broker(self.cfg.site, dev.id)
+    def _record(self, dev: _Device, broker: str | None, state: str, reason: str) -> None:
+        move = Move(device=dev.id, at=self.loop.time(), broker=broker, state=state, reason=reason)
+        dev.history.append(move)
+        if self.on_move is not None:
+            self.on_move(move)
 
     def _client(self, dev: _Device, broker: BrokerConfig) -> aiomqtt.Client:
         return aiomqtt.Client(
@@ -316,29 +396,33 @@ class _Runner:
     async def run_device(self, dev: _Device) -> None:
         self.counters.started += 1
         dev.due = self.loop.time() + dev.rng.uniform(0.0, self.period)
-        attempt = 0
         try:
             while not self._done(dev):
-                broker = self._target(dev)
+                # The one decision point: the failover policy says where, and not before when.
+                attempt = dev.policy.next_attempt(self.loop.time())
+                if not await self._sleep_until(attempt.at):
+                    break
+                if dev.attempts:
+                    dev.reconnects += 1
+                    self.counters.reconnects += 1
+                dev.attempts += 1
+                broker = self.brokers[attempt.broker]
                 dev.broker = broker.id
                 dev.session_up = False
+                dev.moving = False
                 try:
                     await self._connection(dev, broker)
                 except (aiomqtt.MqttError, OSError) as exc:
                     self._failed(dev, broker, exc)
+                    if dev.session_up:
+                        dev.policy.lost(broker.id, self.loop.time())
+                        self._record(dev, None, dev.policy.status.state, dev.policy.status.reason)
+                    else:
+                        dev.policy.connect_failed(broker.id, self.loop.time())
                 finally:
                     dev.first_attempt.set()
-                if dev.session_up:
-                    attempt = 0
-                if self._done(dev):
-                    break
-                cfg = self.cfg
-                delay = backoff_delay(attempt, dev.backoff_rng, cfg.reconnect_min_s, cfg.reconnect_max_s)
-                attempt += 1
-                if not await self._sleep_until(self.loop.time() + delay):
-                    break
-                dev.reconnects += 1
-                self.counters.reconnects += 1
+                if dev.moving:
+                    self._record(dev, None, dev.policy.status.state, dev.policy.status.reason)
         finally:
             dev.first_attempt.set()
             self.counters.finished += 1
@@ -365,7 +449,19 @@ class _Runner:
                     return
                 client = await stack.enter_async_context(self._client(dev, broker))
             dev.session_up = True
-            if dev.reconnects:
+            placed = dev.policy.connected(broker.id, self.loop.time())
+            self._record(dev, broker.id, placed.state, placed.reason)
+            if placed.state is State.FAILOVER:
+                self.warnings.log(
+                    logging.INFO,
+                    f"{dev.policy.owner}>{broker.id}:failover",
+                    "devices of %s/%s failed over to %s (%s)",
+                    self.site,
+                    dev.policy.owner,
+                    broker.id,
+                    placed.reason,
+                )
+            elif dev.reconnects:
                 self.warnings.log(
                     logging.INFO,
                     f"{broker.id}:up",
@@ -377,7 +473,8 @@ class _Runner:
                 )
             self.counters.connected += 1
             self.counters.connected_peak = max(self.counters.connected_peak, self.counters.connected)
-            stack.callback(self._disconnected)
+            self.counters.per_broker[broker.id] = self.counters.per_broker.get(broker.id, 0) + 1
+            stack.callback(self._disconnected, broker.id)
             logger.debug("%s: connected to %s (%s:%d)", dev.id, broker.id, broker.host, broker.port)
             dev.first_attempt.set()
             timeout = self.cfg.publish_timeout_s
@@ -386,27 +483,48 @@ class _Runner:
             await client.subscribe(command_filter(self.site, dev.id), qos=1, timeout=timeout)
             await client.publish(status, b"online", qos=1, retain=True, timeout=timeout)
             await self._session(client, dev, broker)
+            if dev.moving:
+                # Going home: a clean DISCONNECT (no will); the owner announces 'online' next.
+                logger.debug("%s: leaving %s for its owner %s", dev.id, broker.id, dev.policy.owner)
+                return
             with contextlib.suppress(aiomqtt.MqttError):
                 await client.publish(status, b"offline", qos=1, retain=True, timeout=timeout)
 
-    def _disconnected(self) -> None:
+    def _disconnected(self, broker: str) -> None:
         self.counters.connected -= 1
+        self.counters.per_broker[broker] -= 1
 
     async def _session(self, client: aiomqtt.Client, dev: _Device, broker: BrokerConfig) -> None:
         """Publish and take commands until done; raises MqttError if the connection breaks."""
         reader = asyncio.create_task(self._read_commands(client, dev), name=f"commands-{dev.id}")
         publisher = asyncio.create_task(self._publish(client, dev, broker), name=f"publish-{dev.id}")
+        tasks = [reader, publisher]
+        if dev.policy.next_probe_at is not None:
+            tasks.append(asyncio.create_task(self._probe_home(dev), name=f"probe-{dev.id}"))
         try:
+            # The prober only sets dev.moving; the publisher then ends the session between messages.
             await asyncio.wait((reader, publisher), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (reader, publisher):
+            for task in tasks:
                 task.cancel()
-            results = await asyncio.gather(reader, publisher, return_exceptions=True)
+            results = await asyncio.gather(*tasks, return_exceptions=True)
         for res in results:
             if isinstance(res, aiomqtt.MqttError | OSError):
                 raise res
             if isinstance(res, BaseException) and not isinstance(res, asyncio.CancelledError):
                 raise res
+
+    async def _probe_home(self, dev: _Device) -> None:
+        """While away, probe the owner when the policy says; mark the device moving when it says go home."""
+        owner = self.brokers[dev.policy.owner]
+        while (at := dev.policy.next_probe_at) is not None:
+            if not await self._sleep_until(at):
+                return
+            ok = await probe_broker(owner.host, owner.port, f"probe-{dev.client_id}", self.cfg.probe_timeout_s)
+            logger.debug("%s: probe of owner %s: %s", dev.id, owner.id, "ok" if ok else "no answer")
+            if dev.policy.probe_result(ok, self.loop.time()):
+                dev.moving = True
+                return
 
     async def _read_commands(self, client: aiomqtt.Client, dev: _Device) -> None:
         async for message in client.messages:
@@ -425,7 +543,7 @@ class _Runner:
         topic = telemetry_topic(self.site, dev.id)
         while True:
             if dev.pending is None:
-                if self._done(dev) or not await self._sleep_until(dev.due):
+                if self._done(dev) or not await self._sleep_until(dev.due, dev):
                     return
                 body = Telemetry(
                     device=dev.id, site=self.site, seq=dev.next_seq, ts=time.time(), readings=dev.readings()
@@ -454,6 +572,8 @@ class _Runner:
                 commands=d.commands,
                 errors=d.errors,
                 reconnects=d.reconnects,
+                owner=d.policy.owner,
+                history=tuple(d.history),
             )
             for d in self.devices
         )
@@ -464,18 +584,20 @@ async def run_fleet(
     on_progress: Callable[[FleetStats], None] | None = None,
     *,
     on_ack: Callable[[Ack], None] | None = None,
+    on_move: Callable[[Move], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> FleetResult:
     """Run the fleet until every device is done, ``duration_s`` passes, or ``stop`` is set.
 
     ``on_progress`` gets a ``FleetStats`` after each start-up batch and every
-    ``progress_interval_s``; ``on_ack`` gets every acknowledged message. Both
-    run on the event loop and must not block. Connection problems are retried
+    ``progress_interval_s``; ``on_ack`` gets every acknowledged message;
+    ``on_move`` every connection, loss and move of a device. They run on the
+    event loop and must not block. Connection problems are retried
     and counted, never raised; cancelling the call stops the devices abruptly
     (their wills fire), setting ``stop`` stops them cleanly.
     """
     stop = stop if stop is not None else asyncio.Event()
-    runner = _Runner(config, stop, on_ack)
+    runner = _Runner(config, stop, on_ack, on_move)
     progress = on_progress if on_progress is not None else (lambda _s: None)
     tasks: list[asyncio.Task[None]] = []
     ticker = asyncio.create_task(_tick(runner, progress), name="fleet-progress")
