@@ -1,0 +1,150 @@
+"""Which connected devices a broker owns, and whether to admit a device whose owner is elsewhere.
+
+How it works
+------------
+A device is known by its ownership key ``{site}/{device}``: from its client id
+(``dev-{site}-{device}``, the convention of the fleet and of our device client;
+``device_from_client_id``) or from a device topic (``broker.topics.device_key``).
+``count`` folds a broker's connected client ids into owned / foreign / unknown
+(not a device id of this site, e.g. bridges, dashboards, probes), with the
+foreign devices grouped by their owner. ``admit`` is the ownership policy at
+CONNECT time:
+
+    policy   device's owner          decision
+    -------  ----------------------  -----------------------------------------
+    any      this broker             admit (owned)
+    any      not alive               admit (failover: the owner is down)
+    warn     alive, another broker   admit, warn (the device should be there)
+    refuse   alive, another broker   refuse (the device should be there)
+    any      no key (not a device)   admit (nothing to decide)
+
+"Alive" is what the caller knows: typically the brokers whose retained
+``edgemq/{site}/{broker}/state`` says online (``alive_from_states`` folds those
+payloads), plus itself.
+
+What it does not do
+-------------------
+No I/O, no MQTT, no clocks, no logging: it does not subscribe to state topics,
+refuse connections or count over time; the broker process does that and calls
+these functions. It cannot tell a device that *could not reach* its owner (a
+partition between the device and the owner) from one that ignores the ring:
+``refuse`` would bounce the former, which is why ``warn`` is the default.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+from broker.ring import Ring
+
+__all__ = [
+    "Decision",
+    "OwnershipCount",
+    "Policy",
+    "Verdict",
+    "admit",
+    "alive_from_states",
+    "count",
+    "device_from_client_id",
+]
+
+Policy = Literal["warn", "refuse"]
+
+
+class Verdict(StrEnum):
+    """Why a device was admitted or refused."""
+
+    OWNED = "owned"
+    NOT_A_DEVICE = "not a device"
+    OWNER_DOWN = "owner down"
+    FOREIGN = "foreign"
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The ownership policy's answer for one connecting device."""
+
+    admit: bool
+    verdict: Verdict
+    owner: str | None
+    reason: str
+
+    @property
+    def warn(self) -> bool:
+        """Log a warning: a device connected away from its live owner (admitted or not)."""
+        return self.verdict in (Verdict.FOREIGN, Verdict.REFUSED)
+
+
+@dataclass(frozen=True, slots=True)
+class OwnershipCount:
+    """A broker's connected clients by ownership."""
+
+    owned: int
+    foreign: int
+    unknown: int
+    foreign_by_owner: dict[str, int] = field(default_factory=dict)
+
+
+def device_from_client_id(site_id: str, client_id: str) -> str | None:
+    """The device id in a client id ``dev-{site}-{device}`` of this site, else None."""
+    prefix = f"dev-{site_id}-"
+    if client_id.startswith(prefix) and len(client_id) > len(prefix):
+        return client_id[len(prefix) :]
+    return None
+
+
+def count(ring: Ring, site_id: str, this_broker: str, client_ids: Iterable[str]) -> OwnershipCount:
+    """Fold connected client ids into owned, foreign (by owner) and unknown."""
+    owned = unknown = 0
+    foreign: Counter[str] = Counter()
+    for cid in client_ids:
+        device = device_from_client_id(site_id, cid)
+        if device is None:
+            unknown += 1
+            continue
+        owner = ring.owner(f"{site_id}/{device}")
+        if owner == this_broker:
+            owned += 1
+        else:
+            foreign[owner] += 1
+    return OwnershipCount(owned, sum(foreign.values()), unknown, dict(sorted(foreign.items())))
+
+
+def admit(
+    ring: Ring,
+    device_key: str | None,
+    this_broker: str,
+    alive_brokers: Iterable[str],
+    policy: Policy = "warn",
+) -> Decision:
+    """May the device with ``device_key`` (``{site}/{device}``, None if unknown) connect to this broker?"""
+    if device_key is None:
+        return Decision(True, Verdict.NOT_A_DEVICE, None, "not a device of this site")
+    owner = ring.owner(device_key)
+    if owner == this_broker:
+        return Decision(True, Verdict.OWNED, owner, f"{this_broker} owns {device_key}")
+    alive = set(alive_brokers) | {this_broker}
+    if owner not in alive:
+        return Decision(True, Verdict.OWNER_DOWN, owner, f"owner {owner} of {device_key} is down: failover")
+    if policy == "refuse":
+        return Decision(False, Verdict.REFUSED, owner, f"owner {owner} of {device_key} is alive: connect there")
+    return Decision(True, Verdict.FOREIGN, owner, f"owner {owner} of {device_key} is alive; admitted (policy warn)")
+
+
+def alive_from_states(states: Mapping[str, bytes | str]) -> frozenset[str]:
+    """Brokers whose retained state payload (``{"state": "online", ...}``) says online; others are not alive."""
+    alive = set()
+    for broker, payload in states.items():
+        try:
+            data = json.loads(payload)
+        except (ValueError, TypeError):
+            continue
+        if isinstance(data, dict) and data.get("state") == "online":
+            alive.add(broker)
+    return frozenset(alive)
