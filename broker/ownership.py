@@ -22,6 +22,13 @@ CONNECT time:
 ``edgemq/{site}/{broker}/state`` says online (``alive_from_states`` folds those
 payloads), plus itself.
 
+``route_command`` is the downlink rule of docs/ownership.md: of a site's
+brokers, exactly one acts on a command for a device: the broker the device is
+present on delivers it; if the device is offline, the first alive broker of
+its preference list (normally the owner) queues it; every other broker drops
+it. ``ring_document`` is the site's ring as the JSON a plain-MQTT device reads
+(retained on ``edgemq/{site}/ring``) to compute its own owner.
+
 What it does not do
 -------------------
 No I/O, no MQTT, no clocks, no logging: it does not subscribe to state topics,
@@ -40,17 +47,22 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
+from broker.config import SiteConfig
 from broker.ring import Ring
 
 __all__ = [
     "Decision",
     "OwnershipCount",
     "Policy",
+    "Route",
     "Verdict",
     "admit",
     "alive_from_states",
     "count",
     "device_from_client_id",
+    "ring_document",
+    "ring_topic",
+    "route_command",
 ]
 
 Policy = Literal["warn", "refuse"]
@@ -148,3 +160,54 @@ def alive_from_states(states: Mapping[str, bytes | str]) -> frozenset[str]:
         if isinstance(data, dict) and data.get("state") == "online":
             alive.add(broker)
     return frozenset(alive)
+
+
+class Route(StrEnum):
+    """What one broker does with a downlink command for a device."""
+
+    DELIVER = "deliver"  # the device is connected here
+    QUEUE = "queue"  # the device is offline and this broker keeps its commands (TTL)
+    DROP = "drop"  # another broker of the site acts on it
+
+
+def route_command(
+    ring: Ring, device_key: str, this_broker: str, present_at: str | None, alive_brokers: Iterable[str]
+) -> Route:
+    """Exactly one alive broker of the site acts on a command; ``present_at`` is where the device is connected."""
+    alive = set(alive_brokers) | {this_broker}
+    if present_at == this_broker:
+        return Route.DELIVER
+    if present_at is not None and present_at in alive:
+        return Route.DROP
+    keeper = next((b for b in ring.preference(device_key, len(ring)) if b in alive), None)
+    return Route.QUEUE if keeper == this_broker else Route.DROP
+
+
+def ring_topic(site_id: str) -> str:
+    """Where a site's ring document is published, retained."""
+    return f"edgemq/{site_id}/ring"
+
+
+def ring_document(site: SiteConfig) -> dict[str, object]:
+    """The site's ring as JSON-ready data: brokers (id, address, weight) and the hash spec to compute owners."""
+    return {
+        "version": 1,
+        "site": site.id,
+        "key": "{site}/{device}",
+        "hash": {
+            "scheme": "weighted-rendezvous (straw2)",
+            "key_digest": "blake2b(utf8(key), digest_size=8, person='edgemq.key.v1') as little-endian u64 h",
+            "broker_seeds": "blake2b(utf8(broker_id), digest_size=16, person='edgemq.seed.v1'): "
+            "s1 = bytes[0:8], s2 = bytes[8:16], little-endian u64",
+            "mix": "p = (h ^ s1) * 0x9E3779B97F4A7C15 (128-bit); v = lo64(p) ^ hi64(p); "
+            "p = (v ^ s2) * 0xBF58476D1CE4E5B9; v = lo64(p) ^ hi64(p); "
+            "m = (v >> 12) | 1; u = m / 2**52",
+            "score": "ln(u) / weight; weight 0 never owns",
+            "owner": "highest score; ties: larger u, then smaller broker id",
+            "preference": "brokers by descending score (same ties)",
+        },
+        "brokers": [
+            {"id": b.id, "host": b.host, "port": b.port, "weight": b.weight}
+            for b in sorted(site.brokers, key=lambda b: b.id)
+        ],
+    }
