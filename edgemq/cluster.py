@@ -154,7 +154,8 @@ class ClusterRunner:
                 f"[program:{c.name}]",
                 "command=" + " ".join(_quote(a) for a in c.argv),
                 f"priority={100 + i}",
-                "autostart=true",
+                # Devices start after every broker answers (see up()), not with them.
+                f"autostart={'false' if c.kind == 'devices' else 'true'}",
                 "autorestart=true",
                 "startsecs=1",
                 "startretries=20",
@@ -222,6 +223,10 @@ class ClusterRunner:
                     f"{c.name} did not answer on {c.host}:{c.port} within {START_DEADLINE_S:.0f}s; cluster stopped",
                     hint=f"last lines of its log:\n{tail}",
                 )
+        for c in self.components():
+            if c.kind == "devices":
+                say(f"starting {c.name} ...")
+                self._rpc().supervisor.startProcess(c.name, True)
         # supervisord calls a process RUNNING once it has stayed up for startsecs.
         names = {c.name for c in self.components()}
         while True:
@@ -258,7 +263,12 @@ class ClusterRunner:
             for info in self._rpc().supervisor.getAllProcessInfo():
                 infos[info["name"]] = info
         rows: list[dict[str, Any]] = []
-        for c in self.components():
+        comps = self.components()
+        # A fleet started by `up --devices N` runs under supervisord even if this runner
+        # was built without --devices (plain `cluster status`).
+        known = {c.name for c in comps}
+        comps += [Component(name, "devices", None, None, ()) for name in infos if name not in known]
+        for c in comps:
             info = infos.get(c.name, {})
             stats: dict[str, Any] = {}
             with contextlib.suppress(OSError, ValueError):
@@ -281,7 +291,10 @@ class ClusterRunner:
             if "buffer" in stats:
                 row["backlog"] = stats["buffer"].get("depth_messages")
             if c.kind == "devices" and stats:
-                row.update({k: stats.get(k) for k in ("connected", "published", "acked")})
+                # Shown in the same columns: connected devices, messages published / acknowledged.
+                row.update({"clients": stats.get("connected"), "messages_in": stats.get("acked"),
+                            "messages_out": stats.get("published")})
+                row.update({k: stats.get(k) for k in ("connected", "published", "acked", "errors")})
             rows.append(row)
         return rows
 
