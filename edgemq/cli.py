@@ -3,6 +3,8 @@
     edgemq cluster up|down|status     run the whole cluster from the cluster file
     edgemq broker cloud|edge          one process (what `cluster up` supervises)
     edgemq devices simulate           a device fleet
+    edgemq ring owner|show|diff       who owns which device, and what a change would move
+    edgemq buffer stats|peek          the store-and-forward buffers
     edgemq watch FILTER               a terminal dashboard of what flows
     edgemq config check               validate a cluster file
 """
@@ -22,7 +24,9 @@ from rich.table import Table
 
 from broker.config import ClusterConfig, load
 from broker.errors import EdgeMQError
+from edgemq.buffer_cmd import buffer_app
 from edgemq.devices_cmd import devices_app
+from edgemq.ring_cmd import ring_app
 from edgemq.watch_cmd import watch
 
 __all__ = ["app", "main"]
@@ -42,6 +46,8 @@ config_app = typer.Typer(help="Inspect and validate cluster files.", no_args_is_
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(broker_app, name="broker")
 app.add_typer(devices_app, name="devices")
+app.add_typer(ring_app, name="ring")
+app.add_typer(buffer_app, name="buffer")
 app.command("watch")(watch)
 app.add_typer(config_app, name="config")
 
