@@ -1,0 +1,372 @@
+"""Turn ``benchmarks/results/latest.json`` into tables, PNG plots and the BENCHMARKS.md section.
+
+Run alone to re-render from the saved JSON: ``.venv/bin/python benchmarks/report.py``.
+The section between ``<!-- bench:begin -->`` and ``<!-- bench:end -->`` is replaced;
+the rest of BENCHMARKS.md is left as it is. ``benchmarks/profile_notes.md`` (the
+profile findings, written by hand from py-spy output) is included verbatim.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+MD = HERE.parent / "BENCHMARKS.md"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+NOTES = HERE / "profile_notes.md"
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+def get(d: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def med(vals: list[Any]) -> float | None:
+    vals = [v for v in vals if isinstance(v, int | float) and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return None
+    return float(statistics.median(vals))
+
+
+def fmt(v: float | None, unit: str = "") -> str:
+    if v is None:
+        return "—"
+    if v == math.inf:
+        return "not arrived"
+    if abs(v) >= 100:
+        s = f"{v:,.0f}"
+    elif abs(v) >= 10:
+        s = f"{v:.1f}"
+    else:
+        s = f"{v:.2f}"
+    return s + unit
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0 or math.isinf(a) or math.isinf(b):
+        return "—"
+    return f"{a / b:.2f}"
+
+
+def one_line(rec: dict[str, Any]) -> str:
+    if "error" in rec:
+        return "ERROR " + rec["error"][:120]
+    r = rec.get("result") or {}
+    s = rec["scenario"]
+    if s in ("loadgen", "ingest", "e2e"):
+        return f"{r.get('msg_per_s', 0):,.0f} msg/s, received {r.get('received')}, edge {r.get('edge_cpu_us_per_msg', 0):.0f} us/msg"
+    if s in ("latency", "cpu"):
+        parts = [f"{at} p50 {fmt(get(r, at + '.p50_ms'))} p99 {fmt(get(r, at + '.p99_ms'))} ms miss {get(r, at + '.missing')}"
+                 for at in ("edge", "cloud") if at in r]
+        return "; ".join(parts) + f"; edge {r.get('edge_cpu_us_per_msg', 0):.0f} us/msg"
+    if s == "drain":
+        return f"{r.get('received')}/{r.get('filled')} in {fmt(r.get('drain_s_from_cloud_start'))} s, {fmt(r.get('drain_msg_per_s'))} msg/s"
+    if s == "overload":
+        return f"sent {r.get('sent')}, cloud rx {get(r, 'cloud.received')}, edge rss max {fmt(r.get('edge_rss_mb_max'))} MB"
+    if s == "idle":
+        return f"{r.get('connections')} conns, {fmt(r.get('kb_per_connection'))} kB/conn"
+    return ""
+
+
+def grouped(data: dict[str, Any]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+    out: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for rec in data.get("runs", []):
+        if rec.get("result") is not None:
+            out[(rec["scenario"], rec["case"], rec["kind"])].append(rec["result"])
+    return out
+
+
+def cases_of(data: dict[str, Any], scenario: str) -> list[str]:
+    seen: list[str] = []
+    for rec in data.get("runs", []):
+        if rec["scenario"] == scenario and rec["case"] not in seen:
+            seen.append(rec["case"])
+    return seen
+
+
+def m(g: dict[tuple[str, str, str], list[dict[str, Any]]], scenario: str, case: str, kind: str, path: str) -> float | None:
+    return med([get(r, path) for r in g.get((scenario, case, kind), [])])
+
+
+def n_reps(g: dict[tuple[str, str, str], list[dict[str, Any]]], scenario: str, case: str, kind: str) -> int:
+    return len(g.get((scenario, case, kind), []))
+
+
+# ---- tables -----------------------------------------------------------------------------------
+def table(g: Any, scenario: str, cases: list[str], metrics: list[tuple[str, str, str]]) -> list[str]:
+    """Rows: case x metric; columns edgemq, Mosquitto, ratio."""
+    lines = ["| case | metric | edgemq | Mosquitto | edgemq/Mosquitto | reps |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for case in cases:
+        for label, path, unit in metrics:
+            e = m(g, scenario, case, "edgemq", path)
+            q = m(g, scenario, case, "mosquitto", path)
+            if e is None and q is None:
+                continue
+            reps = f"{n_reps(g, scenario, case, 'edgemq')}/{n_reps(g, scenario, case, 'mosquitto')}"
+            lines.append(f"| {case} | {label} | {fmt(e, unit)} | {fmt(q, unit)} | {ratio(e, q)} | {reps} |")
+    return lines
+
+
+def section(data: dict[str, Any]) -> str:
+    g = grouped(data)
+    mc = data["machine"]
+    p = data["params"]
+    la0, la1 = data.get("loadavg_start", [0, 0, 0]), data.get("loadavg_end", [0, 0, 0])
+    loads = [rec["loadavg_start"][0] for rec in data.get("runs", [])]
+    out = [
+        "## edgemq against Mosquitto, side by side (issue 9, `make bench`)",
+        "",
+        f"**Preliminary figures.** Run {data['started']} on a shared machine: other engineers were running "
+        f"test suites at the same time (1-min load average {la0[0]:.2f} at start, {la1[0]:.2f} at the end, "
+        f"{min(loads, default=0):.2f}–{max(loads, default=0):.2f} at the start of individual runs, on "
+        f"{mc['nproc']} CPUs). The numbers are kept as measured; both brokers saw the same noise "
+        "(runs alternate), but absolute figures are lower bounds. The final run will be redone on a quiet machine.",
+        "",
+        f"Machine: {mc['nproc']} CPUs, {mc['cpu_model']}, {mc['mem_total_gb']} GB; CPython {mc['python']}; "
+        f"{mc['platform']}; Mosquitto {mc['mosquitto']}. Repetitions per case: {data['args']['reps']} (median shown); "
+        f"total run time {data.get('total_s', 0) / 60:.1f} min. Raw data: `benchmarks/results/latest.json`; "
+        "plots beside it.",
+        "",
+        "### Method",
+        "",
+        "- **Topologies** (fresh processes for every run, all on 127.0.0.1, free ports): *edgemq* = "
+        "`python -m edgemq broker cloud` + `python -m edgemq broker edge` (amqtt broker + SQLite buffer, "
+        "durability `os`, 2 ms group commit + aiomqtt uplink, in-flight 100). *Mosquitto* = an edge Mosquitto "
+        "bridged to a cloud Mosquitto (`connection cloud`, `address`, `topic telemetry/# out 1`, "
+        "`cleansession false`, `persistence false`, `max_inflight_messages 100`, `max_queued_messages 2000000`): "
+        "its bridge queue is in memory, not durable.",
+        "- **Load generator**: Debian's C clients. Publishers: `mosquitto_pub -l` (in-flight 20), one line "
+        "= one 100-byte message, one topic `telemetry/plant-1/dev-NNN/t` per publisher; flat-out runs pipe a "
+        "pre-built file, fixed-rate runs are fed by a pacing thread that writes the send time (ns) into each "
+        "payload. Subscribers: `mosquitto_sub -F '%U %p'` stamps every arrival; files are parsed after the run. "
+        "Publisher and subscribers share the machine with the brokers (2 CPUs: client CPU competes with "
+        "broker CPU; the *load generator ceiling* table shows how far the clients alone go).",
+        f"- **Throughput** (ingest, e2e, ceiling): publishers flat out with a budget of {p['max_messages']:,} "
+        f"messages; rate = messages arriving at the subscriber in the {p['window_s']:.0f} s after the first "
+        "arrival (or all of them over their span if they all came sooner). *Ingest* subscribes at the edge "
+        "broker (same QoS as the publisher), *e2e* at the cloud broker (QoS 1). The bridge runs in both.",
+        f"- **Latency**: one publisher at a fixed offered rate for {p['latency_s']:.0f} s, QoS 1, subscribers at "
+        f"the edge and at the cloud at once; the first {p['warmup_s']:.0f} s are skipped; a message that has not "
+        "arrived by the end of the grace period counts as infinitely late (shown as *not arrived*), so a broker "
+        "that falls behind cannot look good by losing its slowest messages. Nearest-rank percentiles of all samples.",
+        "- **CPU per message**: psutil user+system CPU of the broker processes over the run divided by the "
+        "messages delivered to the cloud subscriber; offered rate fixed, QoS 1, cloud subscriber only. "
+        "edgemq's *edge node* is broker + buffer + bridge in one process; Mosquitto's edge and cloud are "
+        "reported separately and summed.",
+        f"- **Drain**: {p['drain_messages']:,} QoS 1 messages from {p['drain_publishers']} publishers while "
+        "the cloud broker is not running (filled = a local subscriber has all of them), then the cloud starts "
+        "(a cloud subscriber retries every 20 ms until it connects); drain time is from cloud process start to "
+        "the last arrival; drain rate from first to last arrival. One repetition.",
+        f"- **Overload**: QoS 0 offered by one publisher at 2× edgemq's measured QoS 0 single-publisher "
+        f"ingest rate for {p['overload_s']:.0f} s (same offered rate for Mosquitto, for which it is not an "
+        f"overload), edge subscriber QoS 0 + cloud subscriber QoS 1, then up to {p['overload_grace_s']:.0f} s "
+        "for the backlog to arrive; RSS sampled every 0.5 s. One repetition.",
+        f"- **Idle connections**: {p['idle_connections']:,} raw MQTT 3.1.1 CONNECTs (keep-alive 0) held open to "
+        "the edge broker; RSS of the edge process before and 3 s after. One repetition.",
+        "",
+    ]
+    if any(r["scenario"] == "loadgen" for r in data["runs"]):
+        out += ["### Load generator ceiling (one Mosquitto, no bridge, subscriber on the same broker)", "",
+                "| case | msg/s | reps |", "| --- | ---: | ---: |"]
+        for case in cases_of(data, "loadgen"):
+            out.append(f"| {case} | {fmt(m(g, 'loadgen', case, 'loadgen', 'msg_per_s'))} | "
+                       f"{n_reps(g, 'loadgen', case, 'loadgen')} |")
+        out += ["", "A broker figure close to this ceiling is limited by the clients, not by the broker.", ""]
+    blocks = [
+        ("ingest", "1. Edge ingest (publisher → edge broker → local subscriber)", [
+            ("msg/s", "msg_per_s", ""), ("edge CPU µs/msg (saturated)", "edge_cpu_us_per_msg", ""),
+            ("received (budget-limited)", "received", "")]),
+        ("e2e", "2. End to end edge → cloud, QoS 1, durable buffer on (edgemq)", [
+            ("msg/s at cloud", "msg_per_s", ""), ("edge CPU µs/msg (saturated)", "edge_cpu_us_per_msg", ""),
+            ("cloud CPU µs/msg (saturated)", "cloud_cpu_us_per_msg", "")]),
+        ("latency", "3. Latency at fixed offered rates (ms)", [
+            ("edge p50", "edge.p50_ms", ""), ("edge p99", "edge.p99_ms", ""), ("edge p99.9", "edge.p999_ms", ""),
+            ("cloud p50", "cloud.p50_ms", ""), ("cloud p99", "cloud.p99_ms", ""),
+            ("cloud p99.9", "cloud.p999_ms", ""), ("not arrived (cloud)", "cloud.missing", "")]),
+        ("cpu", "CPU per delivered message (µs of process CPU)", [
+            ("edge broker", "edge_cpu_us_per_msg", ""), ("cloud broker", "cloud_cpu_us_per_msg", ""),
+            ("messages delivered", "cloud.received", "")]),
+        ("drain", "4. Backlog drain after an outage", [
+            ("fill rate (msg/s, QoS 1 accepted)", "fill_msg_per_s", ""),
+            ("drain rate (msg/s)", "drain_msg_per_s", ""),
+            ("drain time from cloud start (s)", "drain_s_from_cloud_start", ""),
+            ("first message after cloud start (s)", "first_after_start_s", ""),
+            ("received / filled", "received", ""), ("filled", "filled", ""),
+            ("edge RSS holding the backlog (MB)", "edge_rss_mb_with_backlog", "")]),
+        ("overload", "5. Overload", [
+            ("sent", "sent", ""), ("received at edge subscriber during load", "edge.received_during_load", ""),
+            ("received at edge subscriber", "edge.received", ""),
+            ("received at cloud (after grace)", "cloud.received", ""),
+            ("edge latency p50 (ms)", "edge.p50_ms", ""), ("edge latency p99 (ms)", "edge.p99_ms", ""),
+            ("cloud latency p50 (ms)", "cloud.p50_ms", ""), ("cloud latency p99 (ms)", "cloud.p99_ms", ""),
+            ("edge RSS start (MB)", "edge_rss_mb_start", ""), ("edge RSS max (MB)", "edge_rss_mb_max", ""),
+            ("publisher RSS max (MB)", "pub_rss_mb_max", ""),
+            ("publisher blocked on its pipe (s)", "publisher_blocked_s", ""),
+            ("edgemq buffer dropped at end", "edgemq_buffer.dropped", ""),
+            ("edgemq buffer depth at end", "edgemq_buffer.depth_messages", "")]),
+        ("idle", "6. Idle connections", [
+            ("connections held", "connections", ""), ("failed", "failed", ""),
+            ("kB RSS per connection", "kb_per_connection", ""), ("RSS before (MB)", "rss_before_mb", ""),
+            ("RSS after (MB)", "rss_after_mb", ""), ("time to connect all (s)", "connect_s", "")]),
+    ]
+    for scenario, title, metrics in blocks:
+        cs = cases_of(data, scenario)
+        if not cs:
+            continue
+        out += [f"### {title}", ""] + table(g, scenario, cs, metrics) + [""]
+        if scenario == "cpu":
+            out += cpu_sum(g, cs)
+        if scenario == "overload" and data.get("overload_basis"):
+            b = data["overload_basis"]
+            out += [f"Offered rate = {b['factor']:.0f} × {b['edgemq_qos0_ingest_msg_per_s']:,.0f} msg/s "
+                    "(edgemq's median QoS 0 single-publisher ingest in this run).", ""]
+    errors = [r for r in data["runs"] if "error" in r]
+    if errors:
+        out += ["### Runs that failed", ""] + [f"- {r['scenario']} / {r['case']} / {r['kind']} rep {r['rep']}: "
+                                               f"`{r['error'][:200]}`" for r in errors] + [""]
+    out += ["Plots: " + ", ".join(f"`benchmarks/results/{p}`" for p in PLOTS), ""]
+    if NOTES.exists():
+        out += [NOTES.read_text().rstrip(), ""]
+    return "\n".join(out)
+
+
+def cpu_sum(g: Any, cases: list[str]) -> list[str]:
+    lines = ["| case | edgemq edge node | Mosquitto edge + cloud | ratio | Mosquitto edge alone | ratio |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for case in cases:
+        e = m(g, "cpu", case, "edgemq", "edge_cpu_us_per_msg")
+        qe = m(g, "cpu", case, "mosquitto", "edge_cpu_us_per_msg")
+        qc = m(g, "cpu", case, "mosquitto", "cloud_cpu_us_per_msg")
+        qs = (qe or 0) + (qc or 0) if qe is not None else None
+        lines.append(f"| {case} | {fmt(e)} | {fmt(qs)} | {ratio(e, qs)} | {fmt(qe)} | {ratio(e, qe)} |")
+    return lines + [""]
+
+
+# ---- plots ------------------------------------------------------------------------------------
+PLOTS = ["throughput.png", "latency.png", "drain.png", "overload.png"]
+
+
+def plots(data: dict[str, Any], outdir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g = grouped(data)
+    colors = {"edgemq": "tab:blue", "mosquitto": "tab:orange", "loadgen": "tab:gray"}
+
+    labels, vals = [], defaultdict(list)
+    for scenario in ("ingest", "e2e"):
+        for case in cases_of(data, scenario):
+            labels.append(f"{scenario}\n{case}")
+            for kind in ("edgemq", "mosquitto"):
+                vals[kind].append(m(g, scenario, case, kind, "msg_per_s") or 0)
+            lg = m(g, "loadgen", case, "loadgen", "msg_per_s") if scenario == "ingest" else None
+            vals["loadgen"].append(lg or 0)
+    if labels:
+        fig, ax = plt.subplots(figsize=(11, 4.5))
+        w = 0.27
+        for i, kind in enumerate(("edgemq", "mosquitto", "loadgen")):
+            ax.bar([x + (i - 1) * w for x in range(len(labels))], vals[kind], w,
+                   label={"loadgen": "load generator ceiling"}.get(kind, kind), color=colors[kind])
+        ax.set_xticks(range(len(labels)), labels, fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("messages/s (median)")
+        ax.set_title("Throughput: edge ingest and edge→cloud (QoS 1)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(outdir / "throughput.png", dpi=110)
+        plt.close(fig)
+
+    cs = cases_of(data, "latency")
+    if cs:
+        fig, axes = plt.subplots(1, len(cs), figsize=(5.5 * len(cs), 4), squeeze=False)
+        for ax, case in zip(axes[0], cs):
+            keys = [f"{at}.{q}" for at in ("edge", "cloud") for q in ("p50_ms", "p99_ms", "p999_ms")]
+            for i, kind in enumerate(("edgemq", "mosquitto")):
+                ys = [m(g, "latency", case, kind, k) for k in keys]
+                ys = [y if y is not None and not math.isinf(y) else float("nan") for y in ys]
+                ax.bar([x + (i - 0.5) * 0.4 for x in range(len(keys))], ys, 0.4, label=kind, color=colors[kind])
+            ax.set_xticks(range(len(keys)), [k.replace("_ms", "").replace(".", "\n") for k in keys], fontsize=8)
+            ax.set_yscale("log")
+            ax.set_ylabel("ms")
+            ax.set_title(f"Latency at {case} (missing bar = not arrived)")
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(outdir / "latency.png", dpi=110)
+        plt.close(fig)
+
+    drains = [r for r in data["runs"] if r["scenario"] == "drain" and get(r, "result.timeline")]
+    if drains:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for r in drains:
+            xs, ys = zip(*r["result"]["timeline"])
+            ax.plot(xs, ys, label=r["kind"], color=colors[r["kind"]])
+        ax.set_xlabel("s since the cloud broker was started")
+        ax.set_ylabel("messages arrived at the cloud subscriber")
+        ax.set_title("Backlog drain after an outage")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(outdir / "drain.png", dpi=110)
+        plt.close(fig)
+
+    ovs = [r for r in data["runs"] if r["scenario"] == "overload" and get(r, "result.samples")]
+    if ovs:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+        for r in ovs:
+            s = r["result"]["samples"]
+            t = [x["t"] for x in s]
+            a1.plot(t, [x["edge_rss_mb"] for x in s], label=f"{r['kind']} edge RSS", color=colors[r["kind"]])
+            a2.plot(t, [x["sent"] for x in s], ":", color=colors[r["kind"]], label=f"{r['kind']} sent")
+            a2.plot(t, [x["edge_rx"] for x in s], "--", color=colors[r["kind"]], label=f"{r['kind']} edge sub")
+            a2.plot(t, [x["cloud_rx"] for x in s], "-", color=colors[r["kind"]], label=f"{r['kind']} cloud sub")
+        a1.set_xlabel("s")
+        a1.set_ylabel("MB")
+        a1.set_title("Overload: edge broker RSS")
+        a1.legend()
+        a2.set_xlabel("s")
+        a2.set_ylabel("messages (cumulative)")
+        a2.set_title("Overload: sent vs received")
+        a2.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(outdir / "overload.png", dpi=110)
+        plt.close(fig)
+
+
+# ---- entry ------------------------------------------------------------------------------------
+def replace_section(text: str) -> None:
+    block = f"{BEGIN}\n{text.rstrip()}\n{END}\n"
+    md = MD.read_text() if MD.exists() else "# edgemq benchmarks\n"
+    if BEGIN in md and END in md:
+        head, rest = md.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        md = head + block.rstrip("\n") + tail
+    else:
+        md = md.rstrip("\n") + "\n\n" + block
+    MD.write_text(md)
+
+
+def write_all(data: dict[str, Any], outdir: Path, *, update_md: bool = True) -> str:
+    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        plots(data, outdir)
+    except Exception as exc:  # plots are a convenience; the tables still get written
+        print(f"plots failed: {type(exc).__name__}: {exc}")
+    text = section(data)
+    if update_md:
+        replace_section(text)
+    return text
+
+
+if __name__ == "__main__":
+    d = json.loads((HERE / "results" / "latest.json").read_text())
+    print(write_all(d, HERE / "results"))

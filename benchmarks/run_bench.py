@@ -1,0 +1,212 @@
+"""``make bench``: edgemq against Mosquitto, side by side in one run (issue 9).
+
+Scenarios (each for edgemq and for an edge Mosquitto bridged at QoS 1 to a cloud
+Mosquitto, alternating, fresh processes per run, medians of ``--reps``):
+
+  loadgen  the load generator against one Mosquitto alone (its own ceiling)
+  ingest   edge ingest, QoS 0/1, 1/100 publishers, 100-byte payloads (local subscriber)
+  e2e      edge -> cloud QoS 1 with the durable buffer (cloud subscriber)
+  latency  p50/p99/p99.9 at fixed offered rates (edge and cloud subscribers)
+  cpu      broker CPU per delivered message at fixed offered rates (cloud subscriber)
+  drain    backlog filled while the cloud is down, then drained
+  overload QoS 0 at 2x edgemq's measured ingest capacity for a bounded time
+  idle     N idle connections: RSS per connection
+
+Run: ``.venv/bin/python benchmarks/run_bench.py [--quick] [--reps 3] [--only e2e,latency]
+[--big]``. Writes benchmarks/results/latest.json, PNG plots beside it, and the
+``<!-- bench:begin -->`` section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness
+import report
+import scenarios as sc
+
+RESULTS = Path(__file__).resolve().parent / "results"
+KINDS = ("edgemq", "mosquitto")
+
+
+def cases(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any], tuple[str, ...]]]:
+    """(scenario, case label, kwargs, kinds) in run order."""
+    out: list[tuple[str, str, dict[str, Any], tuple[str, ...]]] = []
+    blast = [(q, n) for q in (0, 1) for n in (1, 100)]
+    for q, n in blast:
+        out.append(("loadgen", f"QoS {q}, {n} publisher{'s' if n > 1 else ''}",
+                     {"qos": q, "n_pubs": n, "at": "edge"}, ("loadgen",)))
+    for q, n in blast:
+        out.append(("ingest", f"QoS {q}, {n} publisher{'s' if n > 1 else ''}",
+                    {"qos": q, "n_pubs": n, "at": "edge"}, KINDS))
+    for n in (1, 100):
+        out.append(("e2e", f"QoS 1, {n} publisher{'s' if n > 1 else ''}",
+                    {"qos": 1, "n_pubs": n, "at": "cloud"}, KINDS))
+    for r in args.latency_rates:
+        out.append(("latency", f"{r:,} msg/s QoS 1", {"rate": r, "qos": 1, "subs_at": ("edge", "cloud")}, KINDS))
+    for r in args.cpu_rates:
+        out.append(("cpu", f"{r:,} msg/s QoS 1", {"rate": r, "qos": 1, "subs_at": ("cloud",)}, KINDS))
+    return [c for c in out if c[0] in args.only]
+
+
+def run_one(scenario: str, kind: str, work: Path, kw: dict[str, Any], p: sc.Params) -> dict[str, Any]:
+    if scenario in ("loadgen", "ingest", "e2e"):
+        return sc.run_blast(kind, work, p=p, **kw)
+    if scenario in ("latency", "cpu"):
+        return sc.run_paced(kind, work, p=p, **kw)
+    if scenario == "drain":
+        return sc.run_drain(kind, work, p=p)
+    if scenario == "overload":
+        return sc.run_overload(kind, work, p=p, **kw)
+    if scenario == "idle":
+        return sc.run_idle(kind, work, p=p)
+    raise ValueError(scenario)
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace, p: sc.Params) -> None:
+        self.args, self.p = args, p
+        self.work = harness.new_workdir()
+        self.data: dict[str, Any] = {
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "machine": harness.machine(),
+            "params": vars(p),
+            "args": {k: v for k, v in vars(args).items() if k != "only"} | {"only": sorted(args.only)},
+            "loadavg_start": os.getloadavg(),
+            "runs": [],
+        }
+        self.n = 0
+
+    def save(self) -> None:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        tmp = RESULTS / "latest.json.tmp"
+        tmp.write_text(json.dumps(self.data, indent=1, default=str))
+        tmp.replace(RESULTS / "latest.json")
+
+    def run(self, scenario: str, case: str, kind: str, rep: int, kw: dict[str, Any]) -> dict[str, Any] | None:
+        self.n += 1
+        work = self.work / f"{self.n:03d}-{scenario}-{kind}"
+        load = os.getloadavg()
+        t0 = time.monotonic()
+        rec: dict[str, Any] = {"scenario": scenario, "case": case, "kind": kind, "rep": rep,
+                               "loadavg_start": load, "params": {k: v for k, v in kw.items()}}
+        try:
+            rec["result"] = run_one(scenario, kind, work, kw, self.p)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # one failed run is recorded, the others go on
+            rec["error"] = f"{type(exc).__name__}: {exc}"
+            rec["traceback"] = traceback.format_exc(limit=5)
+        finally:
+            harness.stop_all()
+        rec["wall_s"] = time.monotonic() - t0
+        rec["loadavg_end"] = os.getloadavg()
+        self.data["runs"].append(rec)
+        self.save()
+        short = report.one_line(rec)
+        print(f"[{time.strftime('%H:%M:%S')}] {scenario:8s} {case:28s} {kind:9s} rep {rep}: {short} "
+              f"({rec['wall_s']:.0f}s, load {load[0]:.1f})", flush=True)
+        return rec.get("result")
+
+    def main(self) -> None:
+        t_start = time.monotonic()
+        todo = cases(self.args)
+        for rep in range(self.args.reps):
+            for scenario, case, kw, kinds in todo:
+                order = kinds if rep % 2 == 0 else tuple(reversed(kinds))
+                for kind in order:
+                    self.run(scenario, case, kind, rep, kw)
+        if "drain" in self.args.only:
+            for kind in KINDS:
+                self.run("drain", f"{self.p.drain_messages:,} messages", kind, 0, {})
+        if "overload" in self.args.only:
+            rate = self.overload_rate()
+            for kind in KINDS:
+                self.run("overload", f"QoS 0 at {rate:,.0f} msg/s", kind, 0, {"rate": rate})
+        if "idle" in self.args.only:
+            for kind in KINDS:
+                self.run("idle", f"{self.p.idle_connections:,} connections", kind, 0, {})
+        self.data["loadavg_end"] = os.getloadavg()
+        self.data["total_s"] = time.monotonic() - t_start
+        self.save()
+
+    def overload_rate(self) -> float:
+        """2x edgemq's median QoS 0 single-publisher ingest rate from this run (or --overload-rate)."""
+        if self.args.overload_rate:
+            return float(self.args.overload_rate)
+        rates = [r["result"]["msg_per_s"] for r in self.data["runs"]
+                 if r["scenario"] == "ingest" and r["kind"] == "edgemq" and r["params"].get("qos") == 0
+                 and r["params"].get("n_pubs") == 1 and r.get("result")]
+        base = statistics.median(rates) if rates else 2000.0
+        self.data["overload_basis"] = {"edgemq_qos0_ingest_msg_per_s": base, "factor": 2.0}
+        return round(2 * base, -1)
+
+
+def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, sc.Params]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="2-minute smoke: 1 rep, short windows, small counts")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions of each measured case (default 3)")
+    ap.add_argument("--only", default="loadgen,ingest,e2e,latency,cpu,drain,overload,idle")
+    ap.add_argument("--big", action="store_true", help="drain 1,000,000 messages and hold 10,000 idle connections")
+    ap.add_argument("--drain-messages", type=int, default=None)
+    ap.add_argument("--idle-connections", type=int, default=None)
+    ap.add_argument("--overload-s", type=float, default=None)
+    ap.add_argument("--overload-rate", type=float, default=None, help="fixed offered rate (default 2x measured)")
+    ap.add_argument("--window-s", type=float, default=None)
+    ap.add_argument("--no-report", action="store_true", help="do not touch BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    p = sc.Params()
+    args.latency_rates = [1000, 5000]
+    args.cpu_rates = [500, 1000]
+    if args.quick:
+        p = sc.Params(window_s=2.0, max_messages=40_000, latency_s=3.0, drain_messages=5_000, drain_cap_s=60,
+                      overload_s=5.0, overload_grace_s=8.0, idle_connections=300)
+        args.cpu_rates = [1000]
+        args.reps = args.reps or 1
+    args.reps = args.reps or 3
+    if args.big:
+        p.drain_messages, p.idle_connections, p.drain_cap_s = 1_000_000, 10_000, 3600
+    p.drain_messages = args.drain_messages or p.drain_messages
+    p.idle_connections = args.idle_connections or p.idle_connections
+    p.overload_s = args.overload_s or p.overload_s
+    p.window_s = args.window_s or p.window_s
+    args.only = set(args.only.split(","))
+    return args, p
+
+
+def main() -> None:
+    args, p = parse()
+    for tool in ("mosquitto_pub", "mosquitto_sub"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found: apt-get install mosquitto mosquitto-clients")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, max(soft, p.idle_connections + 1024))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    runner = Runner(args, p)
+    try:
+        runner.main()
+    except KeyboardInterrupt:
+        print("interrupted: stopping every process started", file=sys.stderr)
+        runner.data["interrupted"] = True
+        runner.save()
+    finally:
+        harness.stop_all()
+        shutil.rmtree(runner.work, ignore_errors=True)
+    summary = report.write_all(runner.data, RESULTS, update_md=not args.no_report)
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()
