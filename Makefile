@@ -47,3 +47,8 @@ bench: bench-ring
 
 clean:
 	rm -rf run build *.egg-info
+
+## simulate-failover: kill and restart an edge broker under a fleet; report + plot in simulations/out/
+.PHONY: simulate-failover
+simulate-failover: $(STAMP)
+	$(PY) -m simulations.failover
