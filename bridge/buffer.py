@@ -29,6 +29,14 @@ usable. Nothing is raised for it: the caller decides what the failure means
 If even the counters cannot be written, they stay in memory and ride along with
 the next transaction that succeeds (every transaction writes all counters).
 
+Disk reserve: SQLite needs free disk to *delete* too (a delete writes WAL frames,
+a checkpoint grows the main file), so a disk filled to the last byte by appends
+would wedge the buffer: acks fail, the backlog never drains, the disk never
+frees. Appends are therefore refused like a full disk (``error``, as SQLITE_FULL)
+once the filesystem's free space plus SQLite's own free pages would drop below
+``min_free_bytes`` (default 4 MiB); the WAL is checkpointed every 256 pages (1 MiB)
+so that reserve always covers an ack and the checkpoint after it.
+
 Seq: ``last_seq`` is committed with its rows. In the ``os``/``relaxed`` modes the
 last commits may be lost on power loss, so seqs could be handed out twice; to
 prevent that, seqs are issued only under a ``seq_reserved`` ceiling that is always
@@ -49,6 +57,7 @@ threads, no logging, no translation of sqlite3 exceptions into edgemq errors
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -78,6 +87,9 @@ Overflow = Literal["drop_oldest", "reject_new"]
 DROP_REASONS: tuple[str, ...] = ("overflow", "expired", "rejected", "error", "external")
 
 SCHEMA_VERSION = 1
+#: Free disk kept back from appends so that acks and checkpoints can always run.
+DEFAULT_MIN_FREE_BYTES = 4 * 1024 * 1024
+_WAL_AUTOCHECKPOINT_PAGES = 256
 #: How many seqs one fsynced reservation covers; the largest gap a crash can leave.
 SEQ_BLOCK = 10_000
 
@@ -92,6 +104,7 @@ _COUNTERS: tuple[str, ...] = (
     "seq_reserved",
 )
 _SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
 _SQLITE_NOTADB = 26
 _CHUNK = 500  # ids per IN (...) list, well under SQLite's variable limit
 
@@ -188,6 +201,7 @@ class Buffer:
         ttl_s: float | None,
         durability: Durability,
         recovered_from: Path | None,
+        min_free_bytes: int = 0,
     ) -> None:
         self._conn = conn
         self.path = path
@@ -195,6 +209,8 @@ class Buffer:
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
         self.durability: Durability = durability
+        #: Appends are refused (as disk full) below this much free disk; 0 disables the check.
+        self.min_free_bytes = min_free_bytes
         #: Where a corrupt file found at open was moved to, if one was.
         self.recovered_from = recovered_from
         #: Transactions committed since open (group-commit efficiency).
@@ -217,6 +233,7 @@ class Buffer:
         max_bytes: int,
         ttl_s: float | None = None,
         durability: Durability = "os",
+        min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
     ) -> Buffer:
         """Open (or create) the buffer file at ``path`` (``":memory:"`` for tests).
 
@@ -231,6 +248,8 @@ class Buffer:
             raise ValueError("ttl_s must be >= 0 or None")
         if durability not in _SYNCHRONOUS:
             raise ValueError(f"durability must be one of {sorted(_SYNCHRONOUS)}")
+        if min_free_bytes < 0:
+            raise ValueError("min_free_bytes must be >= 0")
         target = str(path)
         recovered: Path | None = None
         if target != ":memory:":
@@ -248,6 +267,7 @@ class Buffer:
             ttl_s=ttl_s,
             durability=durability,
             recovered_from=recovered,
+            min_free_bytes=0 if target == ":memory:" else min_free_bytes,
         )
 
     def _load(self) -> None:
@@ -329,6 +349,7 @@ class Buffer:
         if n == 0:
             return AppendResult(())
         try:
+            self._check_free_disk(sum(r.size for r in records))
             self._reserve(n)
             with self._txn():
                 expired = self._expire_in_txn(now)
@@ -389,6 +410,27 @@ class Buffer:
         c["dropped_overflow"] += overflow
         c["dropped_rejected"] += rejected
         return seqs, overflow
+
+    def _check_free_disk(self, incoming: int) -> None:
+        """Raise SQLITE_FULL if this batch would eat into the disk reserve (see module doc)."""
+        if not self.min_free_bytes:
+            return
+        need = self.min_free_bytes + 2 * incoming  # rows go to the WAL, then to the main file
+        st = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        free = st.f_bavail * st.f_frsize
+        if free >= need:
+            return
+        pages, page_size = (
+            int(self._conn.execute(f"PRAGMA {name}").fetchone()[0]) for name in ("freelist_count", "page_size")
+        )
+        if free + pages * page_size < need:
+            exc = sqlite3.OperationalError(
+                f"database or disk is full: {free} bytes free on the buffer's filesystem,"
+                f" {self.min_free_bytes} kept in reserve for acks"
+            )
+            exc.sqlite_errorcode = _SQLITE_FULL
+            exc.sqlite_errorname = "SQLITE_FULL"
+            raise exc
 
     def _head_rows(self) -> Iterator[tuple[int, int]]:
         """Existing rows oldest first, as (seq, size), fetched lazily in chunks."""
@@ -535,6 +577,7 @@ def _connect(target: str, durability: Durability) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[durability]}")
         conn.execute("PRAGMA journal_size_limit = 67108864")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_AUTOCHECKPOINT_PAGES}")
         check = conn.execute("PRAGMA quick_check").fetchall()
         if check != [("ok",)]:
             raise _Unusable(f"quick_check: {check[:3]}")

@@ -45,7 +45,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from bridge.buffer import Buffer, BufferStats, Durability, Record, Stored
+from bridge.buffer import DEFAULT_MIN_FREE_BYTES, Buffer, BufferStats, Durability, Record, Stored
 from broker.errors import StoreCorrupt, StoreError, StoreFull
 
 __all__ = ["Store"]
@@ -150,6 +150,7 @@ class Store:
         max_batch: int = 1000,
         clock: Callable[[], float] = time.time,
         expire_interval_s: float = 2.0,
+        min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
     ) -> None:
         if commit_interval_s < 0 or max_batch < 1:
             raise ValueError("commit_interval_s must be >= 0 and max_batch >= 1")
@@ -161,6 +162,7 @@ class Store:
             "max_bytes": max_bytes,
             "ttl_s": ttl_s,
             "durability": durability,
+            "min_free_bytes": min_free_bytes,
         }
         self.commit_interval_s = commit_interval_s
         self.max_batch = max_batch
@@ -189,6 +191,7 @@ class Store:
         max_batch: int = 1000,
         clock: Callable[[], float] = time.time,
         expire_interval_s: float = 2.0,
+        min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
     ) -> Store:
         """A store to enter with ``async with``; the file is opened on entry."""
         return cls(
@@ -201,6 +204,7 @@ class Store:
             max_batch=max_batch,
             clock=clock,
             expire_interval_s=expire_interval_s,
+            min_free_bytes=min_free_bytes,
         )
 
     # --------------------------------------------------------------- lifecycle

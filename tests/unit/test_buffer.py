@@ -345,3 +345,35 @@ def test_every_drop_reason_and_durability_mode_is_documented() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "buffer.md").read_text()
     for name in (*DROP_REASONS, "fsync", "os", "relaxed", "drop_oldest", "reject_new"):
         assert f"`{name}`" in doc, name
+
+
+def test_disk_reserve_refuses_appends_but_lets_acks_free_space(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below the reserve appends fail as SQLITE_FULL (counted 'error'); acks still run, and the
+    pages they free inside the file count as free space again."""
+    import os as _os
+
+    from bridge.store import store_error
+    from broker.errors import StoreFull
+
+    b = open_buf(path, min_free_bytes=64 * 1024)
+    now = 1000.0
+    payload = b"p" * 3000
+    b.append_many([Record("telemetry/s/d/t", payload) for _ in range(100)], now)
+    real = _os.statvfs
+    free = [0]
+
+    class Vfs:
+        def __init__(self, st: Any) -> None:
+            self.f_frsize = st.f_frsize
+            self.f_bavail = free[0] // st.f_frsize
+
+    monkeypatch.setattr("bridge.buffer.os.statvfs", lambda p: Vfs(real(p)))
+    res = b.append_many([Record("telemetry/s/d/t", payload)], now)
+    assert res.error is not None and isinstance(store_error(res.error, str(path)), StoreFull)
+    st = b.statistics(now)
+    assert st.dropped["error"] == 1 and st.depth_messages == 100 and balanced(st)
+    assert b.ack(range(1, 61)) == 60  # a full disk does not stop the drain
+    res = b.append_many([Record("telemetry/s/d/t", payload)], now)
+    assert res.error is None and res.seqs == (101,)  # freed pages inside the file are used again
+    assert balanced(b.statistics(now))
+    b.close()
