@@ -9,7 +9,7 @@ CONFIG ?= cluster.toml
 DEVICES ?= 0
 RATE ?= 1
 
-.PHONY: venv test test-all lint cluster-up cluster-down cluster-status bench bench-ring clean
+.PHONY: venv test test-all lint cluster-up cluster-down cluster-status bench bench-ring bench-compare bench-quick bench-profile clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,7 +43,20 @@ cluster-status: $(STAMP)
 bench-ring: $(STAMP)
 	$(PY) benchmarks/ring_bench.py
 
-bench: bench-ring
+## bench-compare: edgemq vs Mosquitto side by side (issue 9), ~15 min; BENCH_ARGS="--big" for 1M drain / 10k idle
+bench-compare: $(STAMP)
+	$(PY) benchmarks/run_bench.py $(BENCH_ARGS)
+
+## bench-quick: 2-3 minute smoke of the same harness (does not touch BENCHMARKS.md)
+bench-quick: $(STAMP)
+	$(PY) benchmarks/run_bench.py --quick --no-report
+
+## bench-profile: py-spy profile of the edge node under QoS 1 load -> benchmarks/results/edge-profile.*
+bench-profile: $(STAMP)
+	$(PY) benchmarks/profile_edge.py
+
+## bench: every benchmark; results and method in BENCHMARKS.md
+bench: bench-ring bench-compare
 
 clean:
 	rm -rf run build *.egg-info

@@ -266,7 +266,9 @@ class EdgemqTopology(Topology):
         return {}
 
 
-MOSQ_COMMON = "allow_anonymous true\npersistence false\nmax_queued_messages {queue}\nmax_inflight_messages 100\n"
+MOSQ_COMMON = (
+    "allow_anonymous true\npersistence false\nsys_interval 1\nmax_queued_messages {queue}\nmax_inflight_messages 100\n"
+)
 
 
 @dataclass
@@ -384,6 +386,58 @@ class Sub:
                     out.append((int(sec) * 1_000_000_000 + int(frac.ljust(9, b"0")[:9]),
                                 int(parts[1]), int(parts[2])))
         return out
+
+
+class Accepted:
+    """The edge broker's own count of PUBLISH packets received, sampled over time.
+
+    edgemq: ``messages_in`` from the edge node's stats file (written every second).
+    Mosquitto: ``$SYS/broker/publish/messages/received`` (``sys_interval 1``).
+    Both are updated about once a second, so a rate over a few seconds is +-1 s / window.
+    """
+
+    def __init__(self, topo: Topology, work: Path) -> None:
+        self.topo = topo
+        self.samples: list[tuple[float, int]] = []
+        self.proc = None
+        self.path = work / "sys-received.txt"
+        if isinstance(topo, MosquittoTopology):
+            cmd = (f"mosquitto_sub -h {HOST} -p {topo.edge_port} -t '$SYS/broker/publish/messages/received' "
+                   f"-F '%U %p'")
+            self.proc = spawn(["sh", "-c", f"exec > '{self.path}'; {cmd}"], group=True)
+
+    def sample(self) -> None:
+        if self.proc is None:
+            st = self.topo.stats()
+            if "messages_in" in st:
+                pt = (float(st["ts"]), int(st["messages_in"]))
+                if not self.samples or self.samples[-1] != pt:
+                    self.samples.append(pt)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            with contextlib.suppress(OSError):
+                for ln in self.path.read_text().splitlines():
+                    t, _, v = ln.partition(" ")
+                    with contextlib.suppress(ValueError):
+                        self.samples.append((float(t), int(v)))
+
+    def rate(self, window_s: float) -> float | None:
+        """Counter slope from its first increase over ``window_s`` (or until it stops growing)."""
+        pts = sorted(set(self.samples))
+        if len(pts) < 2:
+            return None
+        base = pts[0][1]
+        start = next((i for i, (_, v) in enumerate(pts) if v > base), None)
+        if start is None:
+            return 0.0
+        start = max(0, start - 1)
+        t0, v0 = pts[start]
+        inside = [(t, v) for t, v in pts[start:] if t <= t0 + window_s + 1.0]
+        top = max(v for _, v in inside)
+        t1 = min(t for t, v in inside if v == top)
+        return (top - v0) / (t1 - t0) if t1 > t0 else None
 
 
 # ---- publishers ------------------------------------------------------------------------------
@@ -512,7 +566,16 @@ def machine() -> dict[str, Any]:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         out = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True, timeout=5).stdout
         mosq = out.splitlines()[0].replace("mosquitto version ", "")
+    git = "unknown"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "broker", "bridge",
+                                "edgemq"], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.split()
+        files = [f for f in dirty if "/" in f]
+        git = f"commit {head}" + (f" plus uncommitted changes in {', '.join(files)}" if files else "")
     return {
+        "git": git,
         "nproc": os.cpu_count(),
         "cpu_model": model,
         "python": platform.python_version(),

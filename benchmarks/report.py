@@ -63,15 +63,18 @@ def one_line(rec: dict[str, Any]) -> str:
     r = rec.get("result") or {}
     s = rec["scenario"]
     if s in ("loadgen", "ingest", "e2e"):
-        return f"{r.get('msg_per_s', 0):,.0f} msg/s, received {r.get('received')}, edge {r.get('edge_cpu_us_per_msg', 0):.0f} us/msg"
+        return (f"{r.get('msg_per_s', 0):,.0f} msg/s (accepted {fmt(r.get('accepted_msg_per_s'))}), "
+                f"received {r.get('received')}, edge {r.get('edge_cpu_us_per_msg', 0):.0f} us/msg")
     if s in ("latency", "cpu"):
-        parts = [f"{at} p50 {fmt(get(r, at + '.p50_ms'))} p99 {fmt(get(r, at + '.p99_ms'))} ms miss {get(r, at + '.missing')}"
-                 for at in ("edge", "cloud") if at in r]
+        parts = [f"{at} p50 {fmt(get(r, at + '.p50_ms'))} p99 {fmt(get(r, at + '.p99_ms'))} ms "
+                 f"miss {get(r, at + '.missing')}" for at in ("edge", "cloud") if at in r]
         return "; ".join(parts) + f"; edge {r.get('edge_cpu_us_per_msg', 0):.0f} us/msg"
     if s == "drain":
-        return f"{r.get('received')}/{r.get('filled')} in {fmt(r.get('drain_s_from_cloud_start'))} s, {fmt(r.get('drain_msg_per_s'))} msg/s"
+        return (f"{r.get('received')}/{r.get('filled')} in {fmt(r.get('drain_s_from_cloud_start'))} s, "
+                f"{fmt(r.get('drain_msg_per_s'))} msg/s")
     if s == "overload":
-        return f"sent {r.get('sent')}, cloud rx {get(r, 'cloud.received')}, edge rss max {fmt(r.get('edge_rss_mb_max'))} MB"
+        return (f"sent {r.get('sent')}, cloud rx {get(r, 'cloud.received')}, "
+                f"edge rss max {fmt(r.get('edge_rss_mb_max'))} MB")
     if s == "idle":
         return f"{r.get('connections')} conns, {fmt(r.get('kb_per_connection'))} kB/conn"
     return ""
@@ -93,18 +96,22 @@ def cases_of(data: dict[str, Any], scenario: str) -> list[str]:
     return seen
 
 
-def m(g: dict[tuple[str, str, str], list[dict[str, Any]]], scenario: str, case: str, kind: str, path: str) -> float | None:
+Groups = dict[tuple[str, str, str], list[dict[str, Any]]]
+
+
+def m(g: Groups, scenario: str, case: str, kind: str, path: str) -> float | None:
     return med([get(r, path) for r in g.get((scenario, case, kind), [])])
 
 
-def n_reps(g: dict[tuple[str, str, str], list[dict[str, Any]]], scenario: str, case: str, kind: str) -> int:
+def n_reps(g: Groups, scenario: str, case: str, kind: str) -> int:
     return len(g.get((scenario, case, kind), []))
 
 
 # ---- tables -----------------------------------------------------------------------------------
 def table(g: Any, scenario: str, cases: list[str], metrics: list[tuple[str, str, str]]) -> list[str]:
     """Rows: case x metric; columns edgemq, Mosquitto, ratio."""
-    lines = ["| case | metric | edgemq | Mosquitto | edgemq/Mosquitto | reps |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| case | metric | edgemq | Mosquitto | edgemq/Mosquitto | reps |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
     for case in cases:
         for label, path, unit in metrics:
             e = m(g, scenario, case, "edgemq", path)
@@ -132,7 +139,8 @@ def section(data: dict[str, Any]) -> str:
         "(runs alternate), but absolute figures are lower bounds. The final run will be redone on a quiet machine.",
         "",
         f"Machine: {mc['nproc']} CPUs, {mc['cpu_model']}, {mc['mem_total_gb']} GB; CPython {mc['python']}; "
-        f"{mc['platform']}; Mosquitto {mc['mosquitto']}. Repetitions per case: {data['args']['reps']} (median shown); "
+        f"{mc['platform']}; Mosquitto {mc['mosquitto']}. edgemq code measured: {mc.get('git', '?')}. "
+        f"Repetitions per case: {data['args']['reps']} (median shown); "
         f"total run time {data.get('total_s', 0) / 60:.1f} min. Raw data: `benchmarks/results/latest.json`; "
         "plots beside it.",
         "",
@@ -183,7 +191,9 @@ def section(data: dict[str, Any]) -> str:
         out += ["", "A broker figure close to this ceiling is limited by the clients, not by the broker.", ""]
     blocks = [
         ("ingest", "1. Edge ingest (publisher → edge broker → local subscriber)", [
-            ("msg/s", "msg_per_s", ""), ("edge CPU µs/msg (saturated)", "edge_cpu_us_per_msg", ""),
+            ("msg/s delivered to the local subscriber", "msg_per_s", ""),
+            ("msg/s accepted (broker's own counter)", "accepted_msg_per_s", ""),
+            ("edge CPU µs/msg (saturated)", "edge_cpu_us_per_msg", ""),
             ("received (budget-limited)", "received", "")]),
         ("e2e", "2. End to end edge → cloud, QoS 1, durable buffer on (edgemq)", [
             ("msg/s at cloud", "msg_per_s", ""), ("edge CPU µs/msg (saturated)", "edge_cpu_us_per_msg", ""),
@@ -222,7 +232,7 @@ def section(data: dict[str, Any]) -> str:
         cs = cases_of(data, scenario)
         if not cs:
             continue
-        out += [f"### {title}", ""] + table(g, scenario, cs, metrics) + [""]
+        out += [f"### {title}", "", *table(g, scenario, cs, metrics), ""]
         if scenario == "cpu":
             out += cpu_sum(g, cs)
         if scenario == "overload" and data.get("overload_basis"):
@@ -231,8 +241,9 @@ def section(data: dict[str, Any]) -> str:
                     "(edgemq's median QoS 0 single-publisher ingest in this run).", ""]
     errors = [r for r in data["runs"] if "error" in r]
     if errors:
-        out += ["### Runs that failed", ""] + [f"- {r['scenario']} / {r['case']} / {r['kind']} rep {r['rep']}: "
-                                               f"`{r['error'][:200]}`" for r in errors] + [""]
+        out += ["### Runs that failed", ""]
+        out += [f"- {r['scenario']} / {r['case']} / {r['kind']} rep {r['rep']}: `{r['error'][:200]}`" for r in errors]
+        out.append("")
     out += ["Plots: " + ", ".join(f"`benchmarks/results/{p}`" for p in PLOTS), ""]
     if NOTES.exists():
         out += [NOTES.read_text().rstrip(), ""]
@@ -248,7 +259,7 @@ def cpu_sum(g: Any, cases: list[str]) -> list[str]:
         qc = m(g, "cpu", case, "mosquitto", "cloud_cpu_us_per_msg")
         qs = (qe or 0) + (qc or 0) if qe is not None else None
         lines.append(f"| {case} | {fmt(e)} | {fmt(qs)} | {ratio(e, qs)} | {fmt(qe)} | {ratio(e, qe)} |")
-    return lines + [""]
+    return [*lines, ""]
 
 
 # ---- plots ------------------------------------------------------------------------------------
@@ -290,7 +301,7 @@ def plots(data: dict[str, Any], outdir: Path) -> None:
     cs = cases_of(data, "latency")
     if cs:
         fig, axes = plt.subplots(1, len(cs), figsize=(5.5 * len(cs), 4), squeeze=False)
-        for ax, case in zip(axes[0], cs):
+        for ax, case in zip(axes[0], cs, strict=False):
             keys = [f"{at}.{q}" for at in ("edge", "cloud") for q in ("p50_ms", "p99_ms", "p999_ms")]
             for i, kind in enumerate(("edgemq", "mosquitto")):
                 ys = [m(g, "latency", case, kind, k) for k in keys]
@@ -309,7 +320,7 @@ def plots(data: dict[str, Any], outdir: Path) -> None:
     if drains:
         fig, ax = plt.subplots(figsize=(7, 4))
         for r in drains:
-            xs, ys = zip(*r["result"]["timeline"])
+            xs, ys = zip(*r["result"]["timeline"], strict=True)
             ax.plot(xs, ys, label=r["kind"], color=colors[r["kind"]])
         ax.set_xlabel("s since the cloud broker was started")
         ax.set_ylabel("messages arrived at the cloud subscriber")

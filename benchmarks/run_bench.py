@@ -169,7 +169,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, sc.Params]
     args = ap.parse_args(argv)
     p = sc.Params()
     args.latency_rates = [1000, 5000]
-    args.cpu_rates = [500, 1000]
+    args.cpu_rates = [1000]
     if args.quick:
         p = sc.Params(window_s=2.0, max_messages=40_000, latency_s=3.0, drain_messages=5_000, drain_cap_s=60,
                       overload_s=5.0, overload_grace_s=8.0, idle_connections=300)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import (
+    Accepted,
     Blast,
     Paced,
     Sub,
@@ -28,9 +29,9 @@ from harness import (
 
 @dataclass
 class Params:
-    window_s: float = 6.0          # measured window of a throughput run
+    window_s: float = 5.0          # measured window of a throughput run
     max_messages: int = 200_000    # message budget of a throughput run
-    latency_s: float = 10.0        # duration of a fixed-rate run
+    latency_s: float = 8.0        # duration of a fixed-rate run
     warmup_s: float = 1.0          # fixed-rate samples sent earlier than this are ignored
     drain_messages: int = 100_000
     drain_publishers: int = 10
@@ -48,10 +49,13 @@ def pct(sorted_vals: list[float], p: float) -> float:
     return sorted_vals[k]
 
 
-def _wait(subs: list[Sub], total: int, window_s: float, first_timeout: float = 30.0) -> None:
+def _wait(subs: list[Sub], total: int, window_s: float, first_timeout: float = 30.0,
+          tick: Any = None) -> None:
     t0 = time.monotonic()
     first = None
     while True:
+        if tick is not None:
+            tick()
         counts = [s.count() for s in subs]
         now = time.monotonic()
         if min(counts) >= total:
@@ -93,12 +97,15 @@ def run_blast(kind: str, work: Path, *, qos: int, n_pubs: int, at: str, p: Param
     with make_topology(kind, work).start() as topo:
         port = topo.edge_port if at == "edge" else topo.cloud_port
         sub = Sub(work, at, port, qos if at == "edge" else 1)
+        acc = Accepted(topo, work)
         procs = topo.edge_procs() + topo.cloud_procs()
         edge_cpu0, cloud_cpu0 = cpu_seconds(topo.edge_procs()), cpu_seconds(topo.cloud_procs())
         t0 = time.monotonic()
         blast = Blast(files, topo.edge_port, qos, hold_s=p.window_s + 120)
         try:
-            _wait([sub], total, p.window_s)
+            _wait([sub], total, p.window_s, tick=acc.sample)
+            time.sleep(1.2)
+            acc.sample()
             elapsed = time.monotonic() - t0
             edge_cpu = cpu_seconds(topo.edge_procs()) - edge_cpu0
             cloud_cpu = cpu_seconds(topo.cloud_procs()) - cloud_cpu0
@@ -106,7 +113,9 @@ def run_blast(kind: str, work: Path, *, qos: int, n_pubs: int, at: str, p: Param
         finally:
             blast.close()
             sub.close()
+            acc.close()
     res = throughput(sub.arrivals(), p.window_s, total)
+    res["accepted_msg_per_s"] = acc.rate(p.window_s)
     got = max(1, sub.count())
     res.update(sent_budget=total, elapsed_s=elapsed, rss_mb=rss,
                edge_cpu_us_per_msg=edge_cpu / got * 1e6, cloud_cpu_us_per_msg=cloud_cpu / got * 1e6)

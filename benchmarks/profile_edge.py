@@ -1,0 +1,93 @@
+"""Profile the edgemq edge node under a QoS 1 load with py-spy (issue 9: profile first).
+
+Starts the edgemq topology (cloud + one edge node), a cloud subscriber and ``--pubs``
+QoS 1 publishers flat out, then samples the edge node's process with py-spy twice:
+``--format raw`` (collapsed stacks, analysed here: inclusive and self shares per
+function) and a flame graph SVG. Writes benchmarks/results/edge-profile.{txt,svg}
+and edge-profile-summary.json, and prints the top functions.
+
+Run: ``.venv/bin/python benchmarks/profile_edge.py [--duration 20] [--pubs 10]``.
+py-spy needs ptrace rights on the edge process (root, or kernel.yama.ptrace_scope=0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness
+from harness import Blast, Sub, blast_files, make_topology
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def analyse(raw: Path, top: int = 40) -> dict[str, object]:
+    """Inclusive (on the stack) and self (leaf) sample shares per function from collapsed stacks."""
+    incl: Counter[str] = Counter()
+    self_: Counter[str] = Counter()
+    total = 0
+    for ln in raw.read_text().splitlines():
+        stack, _, n = ln.rpartition(" ")
+        if not stack:
+            continue
+        k = int(n)
+        total += k
+        frames = [f.strip() for f in stack.split(";")]
+        for f in set(frames):
+            incl[f] += k
+        self_[frames[-1]] += k
+    share = lambda c: [(f, round(100 * v / total, 1)) for f, v in c.most_common(top)]  # noqa: E731
+    return {"samples": total, "inclusive_pct": share(incl), "self_pct": share(self_)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--duration", type=int, default=20)
+    ap.add_argument("--pubs", type=int, default=10)
+    ap.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    args = ap.parse_args()
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    work = harness.new_workdir()
+    try:
+        topo = make_topology("edgemq", work / "edgemq").start()
+        sub = Sub(work / "edgemq", "cloud", topo.cloud_port, 1)
+        files = blast_files(work, args.pubs, 400_000 // args.pubs)
+        blast = Blast(files, topo.edge_port, 1, hold_s=4 * args.duration + 60)
+        time.sleep(3)
+        pid = str(topo.edge.pid)  # type: ignore[union-attr]
+        c0, t0 = sub.count(), time.monotonic()
+        raw = RESULTS / "edge-profile.txt"
+        common = ["--pid", pid, "--duration", str(args.duration), "--rate", str(args.rate), "--nonblocking"]
+        subprocess.run([spy, "record", "--format", "raw", "-o", str(raw), *common], check=True,
+                       stdout=subprocess.DEVNULL)
+        rate = (sub.count() - c0) / (time.monotonic() - t0)
+        subprocess.run([spy, "record", "-o", str(RESULTS / "edge-profile.svg"), *common], check=True,
+                       stdout=subprocess.DEVNULL)
+        dump = subprocess.run([spy, "dump", "--pid", pid], capture_output=True, text=True, check=False).stdout
+        blast.close()
+        sub.close()
+    finally:
+        harness.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+    summary = analyse(raw)
+    summary.update(publishers=args.pubs, qos=1, cloud_msg_per_s_while_sampling=rate, machine=harness.machine(),
+                   dump_tail=dump[-4000:])
+    (RESULTS / "edge-profile-summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"delivered to cloud while sampling: {rate:,.0f} msg/s; samples {summary['samples']}")
+    for title in ("inclusive_pct", "self_pct"):
+        print(f"--- {title}")
+        for f, pct in summary[title]:  # type: ignore[union-attr]
+            print(f"{pct:5.1f}%  {f}")
+
+
+if __name__ == "__main__":
+    main()
