@@ -9,6 +9,7 @@ value; nothing starts half-configured. Components take the sub-model they need
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,6 +24,9 @@ __all__ = [
     "BufferConfig",
     "CloudConfig",
     "ClusterConfig",
+    "ListenerTlsConfig",
+    "RoleConfig",
+    "SecurityConfig",
     "SiteConfig",
     "TopicRule",
     "load",
@@ -71,6 +75,9 @@ class BrokerConfig(_Model):
     host: str = Field("127.0.0.1", description="Address the broker listens on and devices connect to.")
     port: Port = Field(description="MQTT port the broker listens on.")
     weight: float = Field(1.0, ge=0.0, description="Share of the site's devices this broker owns; 0 owns none.")
+    tls_port: Port | None = Field(
+        None, description="MQTT-over-TLS port of this broker (needed when [security.tls] is set)."
+    )
 
     @field_validator("weight")
     @classmethod
@@ -168,6 +175,113 @@ class BridgeConfig(_Model):
         return self
 
 
+def _default_roles() -> dict[str, RoleConfig]:
+    site_wide = ["telemetry/{site}/#", "status/{site}/#", "edgemq/{site}/#"]
+    return {
+        "device": RoleConfig(
+            publish=["telemetry/{site}/{id}/#", "status/{site}/{id}"], subscribe=["commands/{site}/{id}/#"]
+        ),
+        "dashboard": RoleConfig(subscribe=site_wide),
+        "operator": RoleConfig(publish=["commands/{site}/#"], subscribe=[*site_wide, "commands/{site}/#"]),
+        "bridge": RoleConfig(
+            publish=[*site_wide, "commands/{site}/#"],
+            subscribe=["telemetry/{site}/#", "status/{site}/#", "commands/{site}/#"],
+        ),
+        "peer": RoleConfig(publish=[*site_wide, "commands/{site}/#"], subscribe=[*site_wide, "commands/{site}/#"]),
+        "demo": RoleConfig(publish=["#"], subscribe=["#"]),
+    }
+
+
+class RoleConfig(_Model):
+    """What one role may do: topic-filter templates ('{site}' and '{id}' are filled in per client)."""
+
+    publish: list[str] = Field(default_factory=list, description="Filters of the topics this role may publish to.")
+    subscribe: list[str] = Field(
+        default_factory=list,
+        description="Filters this role may subscribe within; it receives (retained messages too) only matching topics.",
+    )
+
+    @field_validator("publish", "subscribe")
+    @classmethod
+    def _valid_templates(cls, v: list[str]) -> list[str]:
+        from broker.topics import validate_filter
+
+        for template in v:
+            validate_filter(template.replace("{site}", "site").replace("{id}", "id"))
+            rest = template.replace("{site}", "").replace("{id}", "")
+            if "{" in rest or "}" in rest:
+                raise ValueError(f"unknown placeholder in {template!r} (only {{site}} and {{id}})")
+        return v
+
+
+class ListenerTlsConfig(_Model):
+    """TLS listeners of the edge brokers (each broker's ``tls_port``)."""
+
+    cert_file: Path = Field(description="PEM certificate chain the brokers present.")
+    key_file: Path = Field(description="PEM private key of that certificate.")
+    ca_file: Path | None = Field(
+        None, description="CA bundle for client certificates; set it to accept mutual TLS (certificate CN = device id)."
+    )
+    require_client_cert: bool = Field(
+        False, description="Refuse TLS clients that present no verified client certificate."
+    )
+    plaintext: bool = Field(True, description="Also keep the plaintext listener on each broker's 'port'.")
+
+    @model_validator(mode="after")
+    def _ca_for_client_certs(self) -> ListenerTlsConfig:
+        if self.require_client_cert and self.ca_file is None:
+            raise ValueError("require_client_cert needs ca_file (the CA that signs client certificates)")
+        return self
+
+
+class SecurityConfig(_Model):
+    """Authentication, access control and TLS listeners of the brokers."""
+
+    profile: Literal["demo", "secure"] = Field(
+        "demo",
+        description="demo: loopback-only, anonymous clients allowed by default; secure: credentials required.",
+    )
+    credentials_file: Path | None = Field(
+        None, description="Users and salted password hashes (edgemq users add); relative to the cluster file."
+    )
+    allow_anonymous: bool | None = Field(
+        None, description="Accept clients without credentials; default true in the demo profile, false in secure."
+    )
+    anonymous_role: str = Field("demo", description="Role of anonymous clients (when allowed).")
+    cert_role: str = Field("device", description="Role of clients known only by a verified client certificate.")
+    roles: dict[str, RoleConfig] = Field(
+        default_factory=_default_roles, description="Access-control roles by name; replaces the built-in set."
+    )
+    tls: ListenerTlsConfig | None = Field(None, description="TLS listeners on the brokers; none if unset.")
+
+    @property
+    def anonymous(self) -> bool:
+        """Whether clients without credentials are accepted."""
+        return self.allow_anonymous if self.allow_anonymous is not None else self.profile == "demo"
+
+    @model_validator(mode="after")
+    def _coherent(self) -> SecurityConfig:
+        for name in (self.anonymous_role, self.cert_role):
+            if name not in self.roles:
+                raise ValueError(f"role {name!r} is not defined in security.roles")
+        if (
+            self.profile == "secure"
+            and self.credentials_file is None
+            and (self.tls is None or self.tls.ca_file is None)
+        ):
+            raise ValueError("the secure profile needs credentials_file (or client certificates: tls.ca_file)")
+        return self
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class ClusterConfig(_Model):
     """The whole cluster file."""
 
@@ -176,6 +290,9 @@ class ClusterConfig(_Model):
     sites: list[SiteConfig] = Field(min_length=1, description="The edge sites.")
     bridge: BridgeConfig = Field(default_factory=BridgeConfig, description="Bridge topic rules and link settings.")
     buffer: BufferConfig = Field(default_factory=BufferConfig, description="Store-and-forward buffer settings.")
+    security: SecurityConfig = Field(
+        default_factory=SecurityConfig, description="Authentication, access control and TLS listeners."
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> ClusterConfig:
@@ -188,11 +305,32 @@ class ClusterConfig(_Model):
                 raise ValueError(f"duplicate site id {s.id!r}")
             site_ids.add(s.id)
             for b in s.brokers:
-                key = (b.host, b.port)
-                if key in endpoints:
-                    raise ValueError(f"port {b.port} of {s.id}/{b.id} is already used by {endpoints[key]}")
-                endpoints[key] = f"{s.id}/{b.id}"
+                for port in (b.port, b.tls_port):
+                    if port is None:
+                        continue
+                    key = (b.host, port)
+                    if key in endpoints:
+                        raise ValueError(f"port {port} of {s.id}/{b.id} is already used by {endpoints[key]}")
+                    endpoints[key] = f"{s.id}/{b.id}"
+        self._check_security()
         return self
+
+    def _check_security(self) -> None:
+        sec = self.security
+        if sec.tls is not None:
+            missing = [f"{s.id}/{b.id}" for s in self.sites for b in s.brokers if b.tls_port is None]
+            if missing:
+                raise ValueError(f"[security.tls] is set but these brokers have no tls_port: {', '.join(missing)}")
+        if sec.profile == "demo" and sec.anonymous:
+            hosts = [(f"{s.id}/{b.id}", b.host) for s in self.sites for b in s.brokers]
+            if self.cloud.embedded:
+                hosts.append(("cloud", self.cloud.host))
+            exposed = [f"{name} ({host})" for name, host in hosts if not _loopback(host)]
+            if exposed:
+                raise ValueError(
+                    "the demo profile lets anonymous clients in and binds to loopback only; "
+                    f"not loopback: {', '.join(exposed)} (use security.profile = 'secure')"
+                )
 
     def site(self, site_id: str) -> SiteConfig:
         """The site with this id; ConfigError if there is none."""
@@ -237,9 +375,30 @@ def loads(text: str, *, base_dir: Path | None = None, source: str = "<cluster fi
         cfg = ClusterConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc, source), hint="see cluster.example.toml") from None
-    if base_dir is not None and not cfg.run_dir.is_absolute():
-        cfg = cfg.model_copy(update={"run_dir": (base_dir / cfg.run_dir).resolve()})
+    if base_dir is not None:
+        if not cfg.run_dir.is_absolute():
+            cfg = cfg.model_copy(update={"run_dir": (base_dir / cfg.run_dir).resolve()})
+        cfg = cfg.model_copy(update={"security": _resolve_security_paths(cfg.security, base_dir)})
     return cfg
+
+
+def _resolve_security_paths(sec: SecurityConfig, base_dir: Path) -> SecurityConfig:
+    """Security file paths are relative to the cluster file, like ``run_dir``."""
+
+    def resolve(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else (base_dir / p).resolve()
+
+    update: dict[str, Any] = {"credentials_file": resolve(sec.credentials_file)}
+    if sec.tls is not None:
+        tls = sec.tls
+        update["tls"] = tls.model_copy(
+            update={
+                "cert_file": resolve(tls.cert_file),
+                "key_file": resolve(tls.key_file),
+                "ca_file": resolve(tls.ca_file),
+            }
+        )
+    return sec.model_copy(update=update)
 
 
 def load(path: str | Path) -> ClusterConfig:
