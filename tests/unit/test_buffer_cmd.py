@@ -166,3 +166,13 @@ def test_peek_cli(tmp_path: Path) -> None:
     res = runner.invoke(app, ["buffer", "peek", "--config", str(config), "--broker", "s1/a1", "-n", "9", "--json"])
     data = json.loads(res.output)
     assert len(data) == 5 and data[-1]["payload"].startswith("0x000102") and data[0]["id"] == "s1/a1/7"
+
+
+def test_every_option_is_documented() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "buffer.md").read_text()
+    for command in ("stats", "peek"):
+        assert f"edgemq buffer {command}" in doc
+        res = runner.invoke(app, ["buffer", command, "--help"])
+        for opt in ("--config", "--broker", "--json", *(("--site", "--interval") if command == "stats" else ("-n",))):
+            assert opt in res.output, (command, opt)
+            assert opt in doc or opt == "--config", (command, opt)
