@@ -17,17 +17,28 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bridge.link import Uplink
+from bridge.link import Uplink, stats_topic
 from bridge.tap import BufferTap
-from broker.config import ClusterConfig
+from broker.config import ClusterConfig, SiteConfig
+from broker.ownership import OwnershipCount, device_from_client_id
+from broker.ring import Ring
 from broker.server import EdgeBroker, amqtt_config
 from broker.topics import TopicMap
+from edgemq import metrics
 
-__all__ = ["buffer_path", "component_name", "run_cloud", "run_edge", "stats_path"]
+__all__ = [
+    "LatestSnapshot",
+    "buffer_path",
+    "component_name",
+    "run_cloud",
+    "run_edge",
+    "stats_path",
+    "write_json_atomic",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +60,88 @@ def buffer_path(cfg: ClusterConfig, site: str, broker: str) -> Path:
     return cfg.run_dir / "data" / site / f"{broker}.sqlite3"
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, default=str))
     os.replace(tmp, path)
 
 
-async def _stats_loop(path: Path, snapshot: Callable[[], dict[str, Any]]) -> None:
+class LatestSnapshot:
+    """The last snapshot the stats loop built: what the metrics endpoint serves.
+
+    The metrics HTTP server runs in its own thread; it reads this (a reference swap
+    is atomic) instead of calling ``snapshot()``, which walks the broker's sessions
+    and must only run on the event loop.
+    """
+
+    def __init__(self) -> None:
+        self.value: dict[str, Any] | None = None
+
+    def __call__(self) -> dict[str, Any] | None:
+        return self.value
+
+
+Publisher = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def _stats_loop(
+    path: Path, snapshot: Callable[[], dict[str, Any]], latest: LatestSnapshot, publish: Publisher | None = None
+) -> None:
     while True:
+        data = snapshot()
+        latest.value = data
         try:
-            _write_json_atomic(path, snapshot())
+            write_json_atomic(path, data)
         except OSError as exc:
             log.warning("cannot write stats %s: %s", path, exc)
+        if publish is not None:
+            try:
+                await publish(data)
+            except Exception as exc:  # a local publish failing must not stop the stats file
+                log.warning("cannot publish stats locally: %r", exc)
         await asyncio.sleep(STATS_INTERVAL_S)
+
+
+def _start_metrics(mqtt_port: int, port: int | None, latest: LatestSnapshot) -> metrics.MetricsServer | None:
+    """The process's metrics endpoint (``port`` None: derived from the MQTT port or EDGEMQ_METRICS_PORT)."""
+    try:
+        chosen = metrics.metrics_port(mqtt_port) if port is None else port
+    except ValueError as exc:
+        log.warning("bad %s (%s): metrics disabled", metrics.ENV_PORT, exc)
+        return None
+    if chosen is None or chosen < 0:
+        log.info("metrics disabled")
+        return None
+    return metrics.serve(latest, chosen)
+
+
+class _Ownership:
+    """Owned / foreign / unknown among a broker's connected clients (owners cached per client id)."""
+
+    def __init__(self, site: SiteConfig, broker_id: str) -> None:
+        self.site = site.id
+        self.broker = broker_id
+        self.ring = Ring((b.id, b.weight) for b in site.brokers)
+        self._owner: dict[str, str | None] = {}
+
+    def count(self, client_ids: list[str]) -> OwnershipCount:
+        owned = foreign = unknown = 0
+        if len(self._owner) > 100_000:
+            self._owner.clear()
+        for cid in client_ids:
+            if cid not in self._owner:
+                device = device_from_client_id(self.site, cid)
+                self._owner[cid] = None if device is None else self.ring.owner(f"{self.site}/{device}")
+            owner = self._owner[cid]
+            if owner is None:
+                unknown += 1
+            elif owner == self.broker:
+                owned += 1
+            else:
+                foreign += 1
+        return OwnershipCount(owned, foreign, unknown)
 
 
 async def _until_signalled() -> None:
@@ -89,28 +168,44 @@ def _broker_snapshot(broker: EdgeBroker, name: str, address: str, started: float
     }
 
 
-async def run_cloud(cfg: ClusterConfig) -> None:
-    """Run the embedded cloud broker until signalled."""
+async def run_cloud(cfg: ClusterConfig, *, metrics_port: int | None = None) -> None:
+    """Run the embedded cloud broker until signalled.
+
+    ``metrics_port``: where /metrics listens (None: EDGEMQ_METRICS_PORT, else MQTT port + 1000; -1: off).
+    """
     name = component_name()
     host, port = cfg.cloud.host, cfg.cloud.port
     broker = EdgeBroker(amqtt_config(host, port))
     await broker.start()
     started = time.time()
     log.info("cloud broker listening on %s:%s", host, port)
-    stats = asyncio.create_task(
-        _stats_loop(stats_path(cfg, name), lambda: _broker_snapshot(broker, name, f"{host}:{port}", started)),
-        name="stats",
-    )
+    latest = LatestSnapshot()
+    server = _start_metrics(port, metrics_port, latest)
+
+    def snapshot() -> dict[str, Any]:
+        data = _broker_snapshot(broker, name, f"{host}:{port}", started)
+        data["broker"] = name
+        data["metrics"] = server.url if server else None
+        return data
+
+    stats = asyncio.create_task(_stats_loop(stats_path(cfg, name), snapshot, latest), name="stats")
     try:
         await _until_signalled()
     finally:
         stats.cancel()
         log.info("cloud broker shutting down")
+        if server is not None:
+            server.close()
         await broker.shutdown()
 
 
-async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str) -> None:
-    """Run one edge node (amqtt broker + durable buffer + cloud link) until signalled."""
+async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_port: int | None = None) -> None:
+    """Run one edge node (amqtt broker + durable buffer + cloud link) until signalled.
+
+    The stats snapshot also goes, retained, to this broker's own
+    ``edgemq/{site}/{broker}/stats`` (every second; never uplinked), so a dashboard at
+    the site sees the backlog grow while the uplink is down. ``metrics_port`` as in run_cloud.
+    """
     from bridge.buffer import Record
     from bridge.store import Store
 
@@ -132,10 +227,17 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str) -> None:
         await broker.start()
         started = time.time()
         log.info("edge broker %s/%s listening on %s:%s, buffer %s", site.id, bcfg.id, bcfg.host, bcfg.port, path)
+        latest = LatestSnapshot()
+        server = _start_metrics(bcfg.port, metrics_port, latest)
+        ownership = _Ownership(site, bcfg.id)
+        local_stats = stats_topic(site.id, bcfg.id)
 
         def snapshot() -> dict[str, Any]:
             data = _broker_snapshot(broker, name, f"{bcfg.host}:{bcfg.port}", started)
             data["site"], data["broker"] = site.id, bcfg.id
+            data["metrics"] = server.url if server else None
+            own = ownership.count(broker.client_ids())
+            data["ownership"] = {"owned": own.owned, "foreign": own.foreign, "unknown": own.unknown}
             data["uplink"] = dataclasses.asdict(link.statistics())
             data["buffer"] = dataclasses.asdict(store.statistics())
             data["buffer_path"] = str(path)
@@ -151,10 +253,16 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str) -> None:
             store=store,
             inject=broker.inject,
             stats=snapshot,
+            stats_interval_s=STATS_INTERVAL_S,
         )
 
+        async def publish_locally(data: dict[str, Any]) -> None:
+            await broker.inject(local_stats, json.dumps(data, default=str).encode(), 0, True)
+
         link_task = asyncio.create_task(link.run(), name=f"uplink-{site.id}-{bcfg.id}")
-        stats = asyncio.create_task(_stats_loop(stats_path(cfg, name), snapshot), name="stats")
+        stats = asyncio.create_task(
+            _stats_loop(stats_path(cfg, name), snapshot, latest, publish_locally), name="stats"
+        )
         try:
             # The link never ends by itself; if it does, that is a bug: exit non-zero so the
             # supervisor restarts us (the buffer keeps everything not yet acknowledged).
@@ -171,6 +279,8 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str) -> None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            if server is not None:
+                server.close()
             await broker.shutdown()
             with contextlib.suppress(OSError):
-                _write_json_atomic(stats_path(cfg, name), snapshot() | {"stopped": True})
+                write_json_atomic(stats_path(cfg, name), snapshot() | {"stopped": True})
