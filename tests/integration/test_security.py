@@ -119,6 +119,7 @@ class Client:
     def subscribe(self, topic_filter: str, qos: int = 1) -> bool:
         """Subscribe; True if granted, False on the failure return code (0x80)."""
         _, mid = self.client.subscribe(topic_filter, qos)
+        assert mid is not None, "paho refused to send the SUBSCRIBE"
         wait_for(lambda: mid in self.granted, WAIT, f"SUBACK for {topic_filter}")
         return all(code < 0x80 for code in self.granted[mid])
 
