@@ -423,6 +423,11 @@ class Accepted:
                     with contextlib.suppress(ValueError):
                         self.samples.append((float(t), int(v)))
 
+    def total(self) -> int | None:
+        """Messages the broker counted over the whole run."""
+        vals = [v for _, v in self.samples]
+        return max(vals) - min(vals) if len(vals) >= 2 else None
+
     def rate(self, window_s: float) -> float | None:
         """Counter slope from its first increase over ``window_s`` (or until it stops growing)."""
         pts = sorted(set(self.samples))

@@ -116,6 +116,10 @@ def run_blast(kind: str, work: Path, *, qos: int, n_pubs: int, at: str, p: Param
             acc.close()
     res = throughput(sub.arrivals(), p.window_s, total)
     res["accepted_msg_per_s"] = acc.rate(p.window_s)
+    accepted = acc.total()
+    if accepted:
+        res["accepted_total"] = accepted
+        res["edge_cpu_us_per_accepted"] = edge_cpu / accepted * 1e6
     got = max(1, sub.count())
     res.update(sent_budget=total, elapsed_s=elapsed, rss_mb=rss,
                edge_cpu_us_per_msg=edge_cpu / got * 1e6, cloud_cpu_us_per_msg=cloud_cpu / got * 1e6)
