@@ -7,8 +7,9 @@ again within ``startsecs`` is retried with supervisord's growing back-off), with
 its log, pid and data under the one run directory. supervisord logs every exit and
 restart in ``<run>/logs/supervisord.log``.
 
-``up`` returns once every broker answers an MQTT CONNECT, not after a fixed sleep;
-running it twice does not start a second copy.
+``up`` returns once every broker answers an MQTT CONNECT (and the dashboard, if
+asked for, its HTTP health check), not after a fixed sleep; running it twice does
+not start a second copy. The fleet and the dashboard start after the brokers.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 import xmlrpc.client
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +32,28 @@ from broker.errors import ClusterError
 from broker.probe import mqtt_answers, wait_until_answers
 from edgemq.node import component_name, stats_path
 
-__all__ = ["ClusterRunner", "Component"]
+__all__ = ["ClusterRunner", "Component", "default_dashboard_port"]
 
 START_DEADLINE_S = 45.0
+DASHBOARD_PORT_OFFSET = 50  # cloud 18830 -> dashboard 18880
+# Started by up() once every broker answers, not by supervisord at once.
+LATE_KINDS = ("devices", "dashboard")
+
+Step = Callable[[int, int, str], None]
+
+
+def default_dashboard_port(cfg: ClusterConfig) -> int:
+    """$EDGEMQ_DASHBOARD_PORT, else the cloud's MQTT port + 50 (18880 for the default cluster file)."""
+    env = os.environ.get("EDGEMQ_DASHBOARD_PORT")
+    return int(env) if env else cfg.cloud.port + DASHBOARD_PORT_OFFSET
+
+
+def _http_answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -39,7 +61,7 @@ class Component:
     """One supervised process of the cluster."""
 
     name: str
-    kind: str  # cloud | edge | devices
+    kind: str  # cloud | edge | devices | dashboard
     host: str | None
     port: int | None
     argv: tuple[str, ...]
@@ -70,12 +92,23 @@ class _UnixTransport(xmlrpc.client.Transport):
 class ClusterRunner:
     """Writes supervisord's config for a cluster file and drives it."""
 
-    def __init__(self, cfg: ClusterConfig, config_path: Path, *, devices: int = 0, device_rate: float = 1.0) -> None:
+    def __init__(
+        self,
+        cfg: ClusterConfig,
+        config_path: Path,
+        *,
+        devices: int = 0,
+        device_rate: float = 1.0,
+        dashboard: bool = False,
+        dashboard_port: int | None = None,
+    ) -> None:
         self.cfg = cfg
         self.config_path = config_path.resolve()
         self.run_dir = cfg.run_dir
         self.devices = devices
         self.device_rate = device_rate
+        self.dashboard = dashboard
+        self.dashboard_port = dashboard_port if dashboard_port is not None else default_dashboard_port(cfg)
 
     # ---- layout ---------------------------------------------------------------------------
     @property
@@ -123,7 +156,18 @@ class ClusterRunner:
                      "--count", str(self.devices), "--rate", str(self.device_rate)),
                 )
             )
+        if self.dashboard:
+            comps.append(
+                Component(
+                    "dashboard", "dashboard", "127.0.0.1", self.dashboard_port,
+                    (py, "-m", "edgemq.dashboard", "--config", cfgp, "--port", str(self.dashboard_port)),
+                )
+            )
         return comps
+
+    def dashboard_url(self) -> str:
+        """Where the dashboard of this cluster listens (when it runs)."""
+        return f"http://127.0.0.1:{self.dashboard_port}/"
 
     def render_conf(self) -> str:
         """supervisord.conf for this cluster."""
@@ -154,8 +198,8 @@ class ClusterRunner:
                 f"[program:{c.name}]",
                 "command=" + " ".join(_quote(a) for a in c.argv),
                 f"priority={100 + i}",
-                # Devices start after every broker answers (see up()), not with them.
-                f"autostart={'false' if c.kind == 'devices' else 'true'}",
+                # Devices and the dashboard start after every broker answers (see up()), not with them.
+                f"autostart={'false' if c.kind in LATE_KINDS else 'true'}",
                 "autorestart=true",
                 "startsecs=1",
                 "startretries=20",
@@ -184,9 +228,14 @@ class ClusterRunner:
             return False
         return bool(state.get("statename") == "RUNNING")
 
-    def up(self, progress: Any = None) -> list[dict[str, Any]]:
-        """Start everything (unless already running) and wait until every broker answers."""
+    def up(self, progress: Any = None, step: Step | None = None) -> list[dict[str, Any]]:
+        """Start everything (unless already running) and wait until every broker answers.
+
+        ``progress(msg)`` gets messages; ``step(done, total, what)`` is called as each
+        component comes up (for a progress bar).
+        """
         say = progress or (lambda _msg: None)
+        advance = step or (lambda _done, _total, _what: None)
         if self.running():
             say(f"cluster already running (run directory {self.run_dir}); not starting a second copy")
             return self.status()
@@ -212,21 +261,29 @@ class ClusterRunner:
             if time.monotonic() > deadline:
                 raise ClusterError("supervisord did not come up", hint=f"see {self.log_dir / 'supervisord.log'}")
             time.sleep(0.05)
-        for c in self.components():
-            if c.host is None or c.port is None:
+        comps = self.components()
+        total, done = len(comps), 0
+        advance(done, total, "supervisord")
+        for c in comps:
+            if c.host is None or c.port is None or c.kind in LATE_KINDS:
                 continue
             say(f"waiting for {c.name} on {c.host}:{c.port} ...")
             if not wait_until_answers(c.host, c.port, START_DEADLINE_S):
-                tail = _tail(self.log_dir / f"{c.name}.log", 15)
-                self.down()
-                raise ClusterError(
-                    f"{c.name} did not answer on {c.host}:{c.port} within {START_DEADLINE_S:.0f}s; cluster stopped",
-                    hint=f"last lines of its log:\n{tail}",
-                )
-        for c in self.components():
-            if c.kind == "devices":
+                self._fail_start(c)
+            done += 1
+            advance(done, total, c.name)
+        for c in comps:
+            if c.kind in LATE_KINDS:
                 say(f"starting {c.name} ...")
                 self._rpc().supervisor.startProcess(c.name, True)
+                if c.kind == "dashboard" and c.host and c.port:
+                    end = time.monotonic() + START_DEADLINE_S
+                    while not _http_answers(c.host, c.port):
+                        if time.monotonic() > end:
+                            self._fail_start(c)
+                        time.sleep(0.1)
+                done += 1
+                advance(done, total, c.name)
         # supervisord calls a process RUNNING once it has stayed up for startsecs.
         names = {c.name for c in self.components()}
         while True:
@@ -240,6 +297,14 @@ class ClusterRunner:
                                    hint=f"see the logs in {self.log_dir}")
             time.sleep(0.1)
         return self.status()
+
+    def _fail_start(self, c: Component) -> None:
+        tail = _tail(self.log_dir / f"{c.name}.log", 15)
+        self.down()
+        raise ClusterError(
+            f"{c.name} did not answer on {c.host}:{c.port} within {START_DEADLINE_S:.0f}s; cluster stopped",
+            hint=f"last lines of its log:\n{tail}",
+        )
 
     def down(self, progress: Any = None) -> bool:
         """Stop every component cleanly and supervisord itself. False if nothing was running."""
@@ -256,6 +321,10 @@ class ClusterRunner:
             time.sleep(0.1)
         return True
 
+    @staticmethod
+    def _answers(c: Component) -> bool:
+        return _answers_impl(c)
+
     def status(self) -> list[dict[str, Any]]:
         """One row per component: supervisor state, pid, address, answers, counters."""
         infos: dict[str, dict[str, Any]] = {}
@@ -267,7 +336,12 @@ class ClusterRunner:
         # A fleet started by `up --devices N` runs under supervisord even if this runner
         # was built without --devices (plain `cluster status`).
         known = {c.name for c in comps}
-        comps += [Component(name, "devices", None, None, ()) for name in infos if name not in known]
+        # Likewise a dashboard started by `up --dashboard`.
+        for name in infos:
+            if name not in known:
+                dash = name == "dashboard"
+                comps.append(Component(name, "dashboard" if dash else "devices", "127.0.0.1" if dash else None,
+                                       self.dashboard_port if dash else None, ()))
         for c in comps:
             info = infos.get(c.name, {})
             stats: dict[str, Any] = {}
@@ -279,7 +353,7 @@ class ClusterRunner:
                 "state": info.get("statename", "STOPPED"),
                 "pid": info.get("pid") or None,
                 "address": f"{c.host}:{c.port}" if c.host else None,
-                "answers": mqtt_answers(c.host, c.port, 0.5) if c.host and c.port and info else False,
+                "answers": self._answers(c) if info else False,
                 "log": str(self.log_dir / f"{c.name}.log"),
                 "clients": stats.get("clients"),
                 "messages_in": stats.get("messages_in"),
@@ -290,6 +364,16 @@ class ClusterRunner:
                 row["forwarded"] = stats["uplink"].get("forwarded")
             if "buffer" in stats:
                 row["backlog"] = stats["buffer"].get("depth_messages")
+            if c.kind == "dashboard":
+                row["url"] = stats.get("url") or f"http://{c.host}:{c.port}/"
+                row["clients"] = (stats.get("dashboard") or {}).get("clients")
+            row["metrics"] = stats.get("metrics")
+            if "buffer" in stats:
+                row["oldest_age_s"] = stats["buffer"].get("oldest_age_s")
+                row["dropped"] = sum((stats["buffer"].get("dropped") or {}).values())
+            if "uplink" in stats:
+                row["reconnects"] = max(0, int(stats["uplink"].get("connects") or 0) - 1)
+            row["ts"] = stats.get("ts")
             if c.kind == "devices" and stats:
                 # Shown in the same columns: connected devices, messages published / acknowledged.
                 row.update({"clients": stats.get("connected"), "messages_in": stats.get("acked"),
@@ -297,6 +381,14 @@ class ClusterRunner:
                 row.update({k: stats.get(k) for k in ("connected", "published", "acked", "errors")})
             rows.append(row)
         return rows
+
+
+def _answers_impl(c: Component) -> bool:
+    if not c.host or not c.port:
+        return False
+    if c.kind == "dashboard":
+        return _http_answers(c.host, c.port, 0.5)
+    return mqtt_answers(c.host, c.port, 0.5)
 
 
 def _quote(arg: str) -> str:
