@@ -5,6 +5,9 @@
     edgemq devices simulate           a device fleet
     edgemq ring owner|show|diff       who owns which device, and what a change would move
     edgemq buffer stats|peek          the store-and-forward buffers
+    edgemq bridge                     the bridge alone, beside any local MQTT broker
+    edgemq users add|remove|list      broker credentials
+    edgemq dashboard                  the live web dashboard
     edgemq watch FILTER               a terminal dashboard of what flows
     edgemq config check               validate a cluster file
 """
@@ -24,9 +27,12 @@ from rich.table import Table
 
 from broker.config import ClusterConfig, load
 from broker.errors import EdgeMQError
+from edgemq.bridge_cmd import bridge
 from edgemq.buffer_cmd import buffer_app
+from edgemq.dashboard.cmd import dashboard
 from edgemq.devices_cmd import devices_app
 from edgemq.ring_cmd import ring_app
+from edgemq.users_cmd import users_app
 from edgemq.watch_cmd import watch
 
 __all__ = ["app", "main"]
@@ -48,7 +54,10 @@ app.add_typer(broker_app, name="broker")
 app.add_typer(devices_app, name="devices")
 app.add_typer(ring_app, name="ring")
 app.add_typer(buffer_app, name="buffer")
+app.add_typer(users_app, name="users")
 app.command("watch")(watch)
+app.command("bridge")(bridge)
+app.command("dashboard")(dashboard)
 app.add_typer(config_app, name="config")
 
 out = Console()
