@@ -13,6 +13,14 @@ What we change, and why (details in docs/amqtt-notes.md):
   message that came down can never be sent back up: loop-free by construction.
 * Counters (messages in/out, bytes) are kept on the broker object, not through
   amqtt's per-packet plugin events, which cost a task per packet.
+* MQTT 3.1.1 conformance and hostile input (issue 5; one entry per defect in
+  docs/amqtt-notes.md): every TCP connection reads through ``broker.guard`` (framing,
+  protocol rules, packet size, CONNECT deadline, keep-alive); ``EdgeBroker`` keeps its
+  own connection count, takes sessions over cleanly, keeps anonymous persistent
+  sessions, downgrades QoS, sends retained messages only for the subscription being
+  made and only where access control allows, and never drops acknowledged messages
+  when a publisher goes away; ``EdgeProtocolHandler`` keeps unacknowledged outgoing
+  QoS 1 messages in flight until acknowledged or redelivered on reconnect.
 
 This module holds no bridge logic: the tap is a protocol the bridge implements.
 """
@@ -20,22 +28,49 @@ This module holds no bridge logic: the tap is a protocol the bridge implements.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import itertools
 import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from amqtt.adapters import StreamWriterAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import Action
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.publish import PublishPacket
-from amqtt.session import OutgoingApplicationMessage, Session
+from amqtt.session import OUTGOING, ApplicationMessage, OutgoingApplicationMessage, Session
 
 from broker.errors import StoreError
+from broker.guard import GuardedReader, GuardStatistics
+from broker.limits import BrokerLimits
 from broker.ratelog import RateLimitedLog
 
-__all__ = ["BrokerCounters", "EdgeBroker", "UplinkTap", "amqtt_config"]
+__all__ = ["BrokerCounters", "BrokerLimits", "EdgeBroker", "UplinkTap", "amqtt_config"]
 
 log = logging.getLogger(__name__)
+
+# QoS of the PUBLISH whose delivery the current task is handling (set around amqtt's
+# ``_handle_message_delivery``, read in ``_broadcast_message``): a context variable, so
+# concurrent client loops never see each other's value.
+_PUBLISHER_QOS: contextvars.ContextVar[int | None] = contextvars.ContextVar("publisher_qos", default=None)
+# True while amqtt handles a SUBSCRIBE of the current task's client: the only time
+# retained messages are due [MQTT-3.3.1-6].
+_SUBSCRIBING: contextvars.ContextVar[bool] = contextvars.ContextVar("subscribing", default=False)
+
+
+class _Broadcast(dict[str, Any]):
+    """amqtt's broadcast record, answering ``get("qos", subscriber_qos)`` with the lower QoS.
+
+    ``Broker._run_broadcast`` computes each delivery's QoS as
+    ``broadcast.get("qos", sub_qos)``: the publisher's QoS when one was forced, else the
+    subscriber's. MQTT 3.1.1 (3.8.4) wants the minimum of the two.
+    """
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key == "qos" and "publisher_qos" in self and default is not None:
+            return min(int(self["publisher_qos"]), int(default))
+        return super().get(key, default)
 
 
 class UplinkTap(Protocol):
@@ -115,15 +150,123 @@ class EdgeProtocolHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt
         counters.bytes_out += len(data)
         return await super().mqtt_publish(topic, data, qos, retain, ack_timeout)
 
+    async def _handle_qos1_message_flow(self, app_message: ApplicationMessage) -> None:
+        # amqtt's outgoing flow waits 5 s for the PUBACK and then forgets the message, and
+        # forgets it too when the connection drops: nothing is ever redelivered. Ours keeps
+        # it in the session's ``inflight_out`` until the PUBACK arrives; if the connection
+        # goes first, the next connection of the session resends it with DUP set [MQTT-4.4.0-1].
+        session = self.session
+        if getattr(app_message, "direction", None) != OUTGOING or session is None or app_message.packet_id is None:
+            await super()._handle_qos1_message_flow(app_message)
+            return
+        packet_id = app_message.packet_id
+        session.inflight_out[packet_id] = app_message
+        packet = app_message.build_publish_packet(dup=app_message.publish_packet is not None)
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._puback_waiters[packet_id] = waiter
+        try:
+            await self._send_packet(packet)
+            app_message.publish_packet = packet
+            app_message.puback_packet = await waiter
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            return  # the handler stopped (connection gone): stays in flight for the next connection
+        finally:
+            if self._puback_waiters.get(packet_id) is waiter:
+                del self._puback_waiters[packet_id]
+        session.inflight_out.pop(packet_id, None)
+
+    async def _retry_deliveries(self) -> None:
+        # amqtt awaits every retry (up to 10 s) before the client's message loop starts;
+        # a client that does not acknowledge at once would stall its own session. Ours
+        # sends the retries in order and lets the broker's task queue follow them.
+        if self.session is None:
+            return
+        messages = list(itertools.chain(self.session.inflight_in.values(), self.session.inflight_out.values()))
+        for message in messages:
+            task = asyncio.ensure_future(self._handle_message_flow(message))
+            self.edge_broker.track(task)
+
 
 class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
     """amqtt Broker with edgemq's hooks. Use for both edge and cloud brokers."""
 
-    def __init__(self, config: dict[str, Any], *, tap: UplinkTap | None = None) -> None:
+    def __init__(
+        self, config: dict[str, Any], *, tap: UplinkTap | None = None, limits: BrokerLimits | None = None
+    ) -> None:
         super().__init__(config)
         self.tap = tap
+        self.limits = limits if limits is not None else BrokerLimits.from_env()
         self.counters = BrokerCounters()
+        self.guard_stats = GuardStatistics()
         self.ratelog = RateLimitedLog(log)
+        self.open_connections = 0
+        self.dropped_offline = 0
+        self._loop_done: dict[str, asyncio.Event] = {}
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """Hand a delivery task to amqtt's broadcast loop, which reaps it and logs failures."""
+        self._tasks_queue.append(task)
+
+    # -- connections: guard, limit ---------------------------------------------------
+
+    async def stream_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+    ) -> None:
+        # Replaces amqtt's adapter with the guard, and its semaphore (which waits instead of
+        # refusing, and leaks a slot on some failed CONNECTs) with a count released in
+        # ``finally``: whatever a client sends, its slot comes back.
+        peer = writer.get_extra_info("peername")
+        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
+        if self.open_connections >= self.limits.max_connections:
+            self.ratelog.warning(
+                "max-connections", "refusing %s: %d connections open (max_connections)", where, self.open_connections
+            )
+            writer.close()
+            return
+        self.open_connections += 1
+        try:
+            guard = GuardedReader(reader, writer, self.limits, self.ratelog, self.guard_stats, where)
+            await self._client_connected(listener_name, guard, StreamWriterAdapter(writer))
+        except Exception as exc:  # a client must never take the broker down
+            self.ratelog.warning("client-error", "connection from %s ended with %r", where, exc)
+        finally:
+            self.open_connections -= 1
+            if not writer.is_closing():
+                writer.close()
+
+    async def _authenticate(self, session: Session, listener: Any) -> bool:
+        ok = bool(await super()._authenticate(session, listener))
+        # amqtt marks anonymous clients and then drops their persistent sessions a second
+        # after they disconnect and never queues for them. Anonymous access is how devices
+        # on a site network connect; the client id is their identity, so their sessions
+        # follow MQTT's rules like everyone's.
+        session.is_anonymous = False
+        return ok
+
+    # -- sessions: takeover, drain on exit, offline queue ----------------------------
+
+    async def _take_over(self, client_id: str) -> None:
+        """Close the connection currently holding ``client_id`` and wait until its loop ended."""
+        session, handler = self._sessions.get(client_id, (None, None))
+        if session is None or handler is None or session.transitions.state != "connected":
+            return
+        log.info("client %s connected again: closing its previous connection (session takeover)", client_id)
+        done = self._loop_done.get(client_id)
+        await handler.handle_connection_closed()
+        if done is not None:
+            try:
+                await asyncio.wait_for(done.wait(), 10)
+            except TimeoutError:
+                log.warning("previous connection of %s did not end within 10s", client_id)
+
+    async def _delete_session(self, client_id: str) -> None:
+        # Called for a clean-session CONNECT: amqtt drops the old session but leaves its
+        # connection open and running; close it first [MQTT-3.1.4-2].
+        await self._take_over(client_id)
+        await super()._delete_session(client_id)
 
     async def _handle_client_session(
         self,
@@ -138,7 +281,115 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
         # class) and attaches it here; swap in ours before it is attached.
         ours = EdgeProtocolHandler(self.plugins_manager, loop=self._loop)
         ours.edge_broker = self
-        await super()._handle_client_session(reader, writer, client_session, ours, server, listener_name)
+        if client_session.transitions.is_connected():
+            # Persistent session still held by an open connection: amqtt would reply
+            # "session present", and the old connection's late exit would then mark the
+            # shared session disconnected. Close the old one first.
+            await self._take_over(client_session.client_id)
+        done = asyncio.Event()
+        client_id = client_session.client_id
+        self._loop_done[client_id] = done
+        try:
+            await super()._handle_client_session(reader, writer, client_session, ours, server, listener_name)
+        finally:
+            done.set()
+            if self._loop_done.get(client_id) is done:
+                del self._loop_done[client_id]
+
+    async def _client_message_loop(self, client_session: Session, handler: BrokerProtocolHandler) -> None:
+        await super()._client_message_loop(client_session, handler)
+        # amqtt's loop ends at disconnect, leaving PUBLISHes that were already received
+        # (and for QoS 1 acknowledged) in the session's queue, which is cleared with the
+        # session. Deliver them: acknowledged means accepted.
+        queue = client_session.delivered_message_queue
+        left: list[ApplicationMessage] = []
+        while not queue.empty():
+            left.append(queue.get_nowait())
+        if left:
+            log.debug("delivering %d message(s) received from %s before it went", len(left), client_session.client_id)
+        for message in left:
+            done: asyncio.Future[Any] = self._loop.create_future()
+            done.set_result(message)
+            await self._handle_message_delivery(client_session, handler, done)
+
+    async def _retain_broadcast_message(self, broadcast: dict[str, Any], qos: int, target_session: Session) -> None:
+        # Bounded offline queue per persistent session: the oldest goes first.
+        queue = target_session.retained_messages
+        while queue.qsize() >= self.limits.max_queued_messages:
+            queue.get_nowait()
+            self.dropped_offline += 1
+            self.ratelog.warning(
+                f"offline-full:{target_session.client_id}",
+                "offline queue of %s full (%d): dropping its oldest message",
+                target_session.client_id,
+                self.limits.max_queued_messages,
+            )
+        await super()._retain_broadcast_message(broadcast, qos, target_session)
+
+    async def _publish_session_retained_messages(self, session: Session) -> None:
+        # Messages queued while the session was offline. amqtt sends them with RETAIN set
+        # (they are not retained messages [MQTT-3.3.1-9]) and waits for every ack before
+        # the client's loop starts. Ours: in order, RETAIN 0, not waited for.
+        handler = self._get_handler(session)
+        queue = session.retained_messages
+        while handler is not None and not queue.empty():
+            message = queue.get_nowait()
+            self.track(asyncio.ensure_future(handler.mqtt_publish(message.topic, message.data, message.qos, False)))
+
+    # -- message routing: QoS downgrade, retained messages ---------------------------
+
+    async def _handle_message_delivery(
+        self, client_session: Session, handler: BrokerProtocolHandler, wait_deliver: asyncio.Future[Any]
+    ) -> bool:
+        message = wait_deliver.result()
+        token = _PUBLISHER_QOS.set(getattr(message, "qos", None))
+        try:
+            return bool(await super()._handle_message_delivery(client_session, handler, wait_deliver))
+        finally:
+            _PUBLISHER_QOS.reset(token)
+
+    async def _broadcast_message(
+        self,
+        session: Session | None,
+        topic: str | None,
+        data: bytes | bytearray | None,
+        force_qos: int | None = None,
+    ) -> None:
+        publisher_qos = force_qos if force_qos is not None else _PUBLISHER_QOS.get()
+        broadcast = _Broadcast(session=session, topic=topic, data=data)
+        if publisher_qos is not None:
+            broadcast["publisher_qos"] = publisher_qos
+        await self._broadcast_queue.put(broadcast)
+
+    async def _handle_subscription(
+        self, client_session: Session, handler: BrokerProtocolHandler, subscribe_waiter: asyncio.Future[Any]
+    ) -> None:
+        token = _SUBSCRIBING.set(True)
+        try:
+            await super()._handle_subscription(client_session, handler, subscribe_waiter)
+        finally:
+            _SUBSCRIBING.reset(token)
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        # amqtt also calls this on every connect for *every* client's subscription filters
+        # (so a client that never subscribed receives retained messages), and never asks
+        # access control whether the client may receive the topic. Retained messages are
+        # due only for the subscription being made [MQTT-3.3.1-6], and only where allowed.
+        if not _SUBSCRIBING.get():
+            return
+        topic_filter, qos = subscription
+        handler = self._get_handler(session)
+        if handler is None:
+            return
+        for topic, retained in list(self._retained_messages.items()):
+            if not self._matches(topic, topic_filter):
+                continue
+            if not await self._topic_filtering(session, topic=topic, action=Action.RECEIVE):
+                continue
+            deliver_qos = min(qos, retained.qos if retained.qos is not None else qos)
+            self.track(asyncio.ensure_future(handler.mqtt_publish(topic, retained.data, deliver_qos, True)))
 
     async def may_publish(self, session: Session, topic: str) -> bool:
         """Access control for publishing, through amqtt's topic plugins."""
@@ -156,15 +407,17 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
 
     def client_ids(self) -> list[str]:
         """Client ids connected right now."""
-        return [
-            cid for cid, (session, _) in self.sessions.items() if session.transitions.state == "connected"
-        ]
+        return [cid for cid, (session, _) in self.sessions.items() if session.transitions.state == "connected"]
 
 
-def amqtt_config(host: str, port: int, *, max_connections: int = -1) -> dict[str, Any]:
-    """amqtt's config dict for one TCP listener with anonymous access and no chatty plugins."""
+def amqtt_config(host: str, port: int) -> dict[str, Any]:
+    """amqtt's config dict for one TCP listener with anonymous access and no chatty plugins.
+
+    The connection limit is ``BrokerLimits.max_connections``, enforced by ``EdgeBroker``
+    (amqtt's own ``max_connections`` waits instead of refusing and can leak slots).
+    """
     return {
-        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": max_connections}},
+        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
         "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
     }
 
