@@ -62,7 +62,7 @@ def one_line(rec: dict[str, Any]) -> str:
         return "ERROR " + rec["error"][:120]
     r = rec.get("result") or {}
     s = rec["scenario"]
-    if s in ("loadgen", "ingest", "e2e"):
+    if s in ("loadgen", "ingest", "e2e", "calibrate"):
         return (f"{r.get('msg_per_s', 0):,.0f} msg/s (accepted {fmt(r.get('accepted_msg_per_s'))}), "
                 f"received {r.get('received')}, edge {r.get('edge_cpu_us_per_msg', 0):.0f} us/msg")
     if s in ("latency", "cpu"):
@@ -129,6 +129,7 @@ def section(data: dict[str, Any]) -> str:
     p = data["params"]
     la0, la1 = data.get("loadavg_start", [0, 0, 0]), data.get("loadavg_end", [0, 0, 0])
     loads = [rec["loadavg_start"][0] for rec in data.get("runs", [])]
+    total_min = (data.get("total_s", 0) + (data.get("merged_from") or {}).get("total_s", 0)) / 60
     out = [
         "## edgemq against Mosquitto, side by side (issue 9, `make bench`)",
         "",
@@ -141,8 +142,8 @@ def section(data: dict[str, Any]) -> str:
         f"Machine: {mc['nproc']} CPUs, {mc['cpu_model']}, {mc['mem_total_gb']} GB; CPython {mc['python']}; "
         f"{mc['platform']}; Mosquitto {mc['mosquitto']}. edgemq code measured: {mc.get('git', '?')}. "
         f"Repetitions per case: {data['args']['reps']} (median shown); "
-        f"total run time {data.get('total_s', 0) / 60:.1f} min. Raw data: `benchmarks/results/latest.json`; "
-        "plots beside it.",
+        f"total run time {total_min:.1f} min. Raw data: `benchmarks/results/latest.json`; "
+        "plots beside it." + merged_note(data),
         "",
         "### Method",
         "",
@@ -171,7 +172,8 @@ def section(data: dict[str, Any]) -> str:
         "edgemq's *edge node* is broker + buffer + bridge in one process; Mosquitto's edge and cloud are "
         "reported separately and summed.",
         f"- **Drain**: {p['drain_messages']:,} QoS 1 messages from {p['drain_publishers']} publishers while "
-        "the cloud broker is not running (filled = a local subscriber has all of them), then the cloud starts "
+        "the cloud broker is not running (filled = edgemq's buffer depth / for Mosquitto a local subscriber has "
+        "them all; the fill stops when that stalls for 30 s), then the cloud starts "
         "(a cloud subscriber retries every 20 ms until it connects); drain time is from cloud process start to "
         "the last arrival; drain rate from first to last arrival. One repetition.",
         f"- **Overload**: QoS 0 offered by one publisher at 2× edgemq's measured QoS 0 single-publisher "
@@ -214,7 +216,8 @@ def section(data: dict[str, Any]) -> str:
             ("drain rate (msg/s)", "drain_msg_per_s", ""),
             ("drain time from cloud start (s)", "drain_s_from_cloud_start", ""),
             ("first message after cloud start (s)", "first_after_start_s", ""),
-            ("received / filled", "received", ""), ("filled", "filled", ""),
+            ("backlog filled (messages)", "filled", ""), ("received at the cloud", "received", ""),
+            ("distinct messages received", "unique", ""),
             ("edge RSS holding the backlog (MB)", "edge_rss_mb_with_backlog", "")]),
         ("overload", "5. Overload", [
             ("sent", "sent", ""), ("received at edge subscriber during load", "edge.received_during_load", ""),
@@ -241,8 +244,8 @@ def section(data: dict[str, Any]) -> str:
             out += cpu_sum(g, cs)
         if scenario == "overload" and data.get("overload_basis"):
             b = data["overload_basis"]
-            out += [f"Offered rate = {b['factor']:.0f} × {b['edgemq_qos0_ingest_msg_per_s']:,.0f} msg/s "
-                    "(edgemq's median QoS 0 single-publisher ingest in this run).", ""]
+            out += [f"Offered rate = {b['factor']:.0f} × {b['edgemq_qos0_ingest_msg_per_s']:,.0f} msg/s, edgemq's "
+                    f"QoS 0 single-publisher ingest ({b.get('from', 'ingest runs')} of this benchmark).", ""]
     errors = [r for r in data["runs"] if "error" in r]
     if errors:
         out += ["### Runs that failed", ""]
@@ -252,6 +255,17 @@ def section(data: dict[str, Any]) -> str:
     if NOTES.exists():
         out += [NOTES.read_text().rstrip(), ""]
     return "\n".join(out)
+
+
+def merged_note(data: dict[str, Any]) -> str:
+    mf = data.get("merged_from")
+    if not mf:
+        return ""
+    redone = sorted({r["scenario"] for r in data["runs"]} - {"loadgen", "ingest", "e2e", "latency", "cpu"})
+    la = mf.get("loadavg_start") or [0]
+    return (f" Scenarios {', '.join(redone)} were re-run at {data['started']} (load average "
+            f"{data['loadavg_start'][0]:.2f} at start) with the harness fixed; the other runs are from "
+            f"{mf['started']} (load average {la[0]:.2f} at start).")
 
 
 def _first(data: dict[str, Any], scenario: str, needle: str) -> str | None:
@@ -339,7 +353,7 @@ def plots(data: dict[str, Any], outdir: Path) -> None:
             labels.append(f"{scenario}\n{case}")
             for kind in ("edgemq", "mosquitto"):
                 vals[kind].append(m(g, scenario, case, kind, "msg_per_s") or 0)
-            lg = m(g, "loadgen", case, "loadgen", "msg_per_s") if scenario == "ingest" else None
+            lg = m(g, "loadgen", case, "loadgen", "msg_per_s")
             vals["loadgen"].append(lg or 0)
     if labels:
         fig, ax = plt.subplots(figsize=(11, 4.5))

@@ -188,8 +188,15 @@ def run_drain(kind: str, work: Path, *, p: Params) -> dict[str, Any]:
         t0 = time.monotonic()
         blast = Blast(files, topo.edge_port, 1, hold_s=p.drain_cap_s + 60)
         last, last_change = 0, time.monotonic()
-        while True:  # filled when a local subscriber has every message (each one was accepted)
-            c = edge_sub.count()
+        def backlog() -> int:
+            # Mosquitto: a local subscriber has every message (each one was accepted and queued
+            # for the bridge). edgemq: the buffer's own depth (its local delivery can lag far behind).
+            if kind == "edgemq":
+                return int((topo.stats().get("buffer") or {}).get("depth_messages") or 0)
+            return edge_sub.count()
+
+        while True:
+            c = backlog()
             now = time.monotonic()
             if c != last:
                 last, last_change = c, now
@@ -197,10 +204,10 @@ def run_drain(kind: str, work: Path, *, p: Params) -> dict[str, Any]:
                 break
             time.sleep(0.2)
         fill_s = time.monotonic() - t0
-        filled = edge_sub.count()
         blast.close()
         edge_sub.close()
-        time.sleep(1.0)
+        time.sleep(1.5)
+        filled = backlog()
         stats_before = topo.stats()
         edge_rss = rss_mb(topo.edge_procs())
         cloud_sub = Sub(work, "cloud", topo.cloud_port, 1, retry=True, ready=False)
