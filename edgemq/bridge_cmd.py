@@ -139,7 +139,7 @@ def bridge(
 
     cfg = load(config)
     site, b = cfg.locate(broker)
-    setup_logging(f"bridge {site.id}/{b.id}", log_level)
+    setup_logging(f"bridge.{site.id}.{b.id}", log_level, site=site.id, broker=b.id)
     asyncio.run(run_bridge(cfg, broker, local_host, local_port))
 
 

@@ -15,8 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -68,16 +66,11 @@ def _load(path: Path) -> ClusterConfig:
     return load(path)
 
 
-def setup_logging(component: str, level: str = "INFO") -> None:
-    """Log handlers are set up here, at entry points only: one line per event with the component."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format=f"%(asctime)s %(levelname)s component={component} %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # amqtt logs every connection at INFO; keep its chatter at WARNING.
-    for noisy in ("amqtt", "transitions", "bridge.paho"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def setup_logging(component: str, level: str = "INFO", *, site: str | None = None, broker: str | None = None) -> None:
+    """Log handlers are set up here, at entry points only: key=value lines (edgemq.logs)."""
+    from edgemq.logs import setup_logging as setup_kv
+
+    setup_kv(component, level, site=site, broker=broker)
 
 
 # ---- cluster ------------------------------------------------------------------------------
@@ -130,14 +123,22 @@ def cluster_up(
     config: ConfigOpt = Path("cluster.toml"),
     devices: Annotated[int, typer.Option(help="Also run a fleet of this many simulated devices.")] = 0,
     device_rate: Annotated[float, typer.Option(help="Messages per second per simulated device.")] = 1.0,
+    dashboard: Annotated[bool, typer.Option("--dashboard/--no-dashboard", help="Also run the web dashboard.")] = True,
+    dashboard_port: Annotated[int | None, typer.Option(help="Dashboard HTTP port (default: cloud port + 50).")] = None,
 ) -> None:
-    """Start the cloud broker, every edge node and (optionally) a fleet; return once all answer."""
+    """Start the cloud broker, every edge node, the dashboard and (optionally) a fleet; return once all answer."""
     from edgemq.cluster import ClusterRunner
+    from edgemq.status_cmd import up_progress
 
     cfg = _load(config)
-    runner = ClusterRunner(cfg, config, devices=devices, device_rate=device_rate)
-    rows = runner.up(progress=lambda m: err.print(f"[dim]{m}[/]"))
+    runner = ClusterRunner(
+        cfg, config, devices=devices, device_rate=device_rate, dashboard=dashboard, dashboard_port=dashboard_port
+    )
+    with up_progress(err) as (say, step):
+        rows = runner.up(progress=say, step=step)
     _print_status(rows)
+    if dashboard:
+        print(f"dashboard: {runner.dashboard_url()}")
     print(f"run directory: {cfg.run_dir}")
     for r in rows:
         print(f"  {r['component']:<14} {r['address'] or '':<22} log: {r['log']}")
@@ -165,16 +166,15 @@ def cluster_down(config: ConfigOpt = Path("cluster.toml")) -> None:
 def cluster_status(
     config: ConfigOpt = Path("cluster.toml"),
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh every second.")] = False,
+    live: Annotated[bool, typer.Option("--live/--no-live", help="Membership from the cloud's retained state.")] = True,
 ) -> None:
     """Each component: supervisor state, pid, address, whether it answers, clients, messages in/out."""
     from edgemq.cluster import ClusterRunner
+    from edgemq.status_cmd import run_status
 
     cfg = _load(config)
-    rows = ClusterRunner(cfg, config).status()
-    if as_json:
-        print(json.dumps(rows, indent=2))
-    else:
-        _print_status(rows)
+    run_status(ClusterRunner(cfg, config), as_json=as_json, watch=watch, live=live, console=out)
 
 
 # ---- single processes ---------------------------------------------------------------------
@@ -199,7 +199,7 @@ def broker_edge(
 
     cfg = _load(config)
     site, b = cfg.locate(broker)
-    setup_logging(f"{site.id}/{b.id}", log_level)
+    setup_logging(f"{site.id}.{b.id}", log_level, site=site.id, broker=b.id)
     asyncio.run(run_edge(cfg, site.id, b.id))
 
 

@@ -39,14 +39,14 @@ def test_cluster_up_status_kill_restart_down(tmp_path: Path) -> None:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "plant-1.a1" in up.stdout and str(cfg.sites[0].brokers[0].port) in up.stdout
         rows = status(cfg_path)
-        assert set(rows) == {"cloud", "plant-1.a1", "plant-1.a2", "plant-1.a3", "devices"}
+        assert set(rows) == {"cloud", "plant-1.a1", "plant-1.a2", "plant-1.a3", "devices", "dashboard"}
         assert all(r["state"] == "RUNNING" and r["pid"] for r in rows.values()), rows
         assert all(r["answers"] for r in rows.values() if r["kind"] != "devices"), rows
         # The fleet starts after the brokers answer: all connect, none had to retry.
         wait_for(lambda: status(cfg_path)["devices"].get("connected") == 12, 30, "fleet connected", interval=0.5)
         wait_for(lambda: (status(cfg_path)["devices"].get("acked") or 0) > 24, 30, "fleet publishing", interval=0.5)
         assert status(cfg_path)["devices"]["errors"] == 0
-        rows = {k: v for k, v in status(cfg_path).items() if k != "devices"}
+        rows = {k: v for k, v in status(cfg_path).items() if k not in ("devices", "dashboard")}
 
         # Running `up` twice does not start a second copy.
         again = edgemq("cluster", "up", "--config", str(cfg_path), cwd=tmp_path)
