@@ -16,10 +16,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-venv: $(STAMP)
+# The dashboard's chart library comes from the npm registry (package-lock.json), never a CDN.
+NODE_STAMP := node_modules/.installed-stamp
+$(NODE_STAMP): package.json package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm ci --no-audit --no-fund --loglevel=error && touch $(NODE_STAMP); \
+	else echo "npm not found: the dashboard will run without charts (apt-get install nodejs npm)"; fi
+
+venv: $(STAMP) $(NODE_STAMP)
 
 ## test: the whole default suite (unit, property, integration with real processes)
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest
 
 ## test-all: also the slow soaks and scenarios
@@ -31,7 +38,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 ## cluster-up: cloud broker + site plant-1 (3 edge brokers), supervised; DEVICES=200 adds a fleet
-cluster-up: $(STAMP)
+cluster-up: $(STAMP) $(NODE_STAMP)
 	$(VENV)/bin/edgemq cluster up --config $(CONFIG) --devices $(DEVICES) --device-rate $(RATE)
 
 cluster-down: $(STAMP)
@@ -62,6 +69,11 @@ clean:
 	rm -rf run build *.egg-info
 
 ## simulate-failover: kill and restart an edge broker under a fleet; report + plot in simulations/out/
+## fuzz: the long hypothesis fuzz run against a real broker process (issue 5)
+.PHONY: fuzz
+fuzz: $(STAMP)
+	$(PY) -m pytest -m slow tests/protocol/test_fuzz.py
+
 .PHONY: simulate-failover
 simulate-failover: $(STAMP)
 	$(PY) -m simulations.failover
