@@ -24,6 +24,7 @@ __all__ = [
     "BufferConfig",
     "CloudConfig",
     "ClusterConfig",
+    "LimitsConfig",
     "ListenerTlsConfig",
     "RoleConfig",
     "SecurityConfig",
@@ -92,6 +93,11 @@ class SiteConfig(_Model):
 
     id: Ident = Field(description="Site id, used in topics (telemetry/{site}/...).")
     brokers: list[BrokerConfig] = Field(min_length=1, description="The site's edge brokers.")
+    ownership_policy: Literal["warn", "refuse"] = Field(
+        "warn",
+        description="A device connecting to a broker that does not own it while its owner is alive: "
+        "'warn' admits it and logs, 'refuse' answers CONNACK 0x05 so it goes to its owner.",
+    )
 
     @model_validator(mode="after")
     def _unique_brokers(self) -> SiteConfig:
@@ -150,6 +156,14 @@ class BufferConfig(_Model):
         description="fsync: survives power loss; os: survives a process crash; relaxed: ack on receipt.",
     )
     commit_interval_s: float = Field(0.002, ge=0, le=1, description="Group-commit window.")
+    expire_interval_s: float = Field(
+        2.0, gt=0, description="How often expired messages are dropped while no traffic arrives."
+    )
+    min_free_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=0,
+        description="Disk space kept free: appends are refused (counted 'error') below it, so acks can still delete.",
+    )
 
 
 class BridgeConfig(_Model):
@@ -282,6 +296,22 @@ def _loopback(host: str) -> bool:
         return False
 
 
+class LimitsConfig(_Model):
+    """What each broker accepts from its clients (protection against broken or hostile input)."""
+
+    max_packet_size: int = Field(1024 * 1024, gt=0, description="Largest MQTT packet accepted, in bytes.")
+    connect_timeout_s: float = Field(10.0, gt=0, description="Time a new connection has to send its CONNECT.")
+    max_connections: int = Field(10_000, gt=0, description="Open client connections per broker.")
+    keepalive_factor: float = Field(
+        1.5, gt=0, description="A client silent this many times its keep-alive is disconnected (will published)."
+    )
+    max_queued_messages: int = Field(
+        1000, gt=0, description="QoS 1 messages kept per offline persistent session; the oldest is dropped beyond."
+    )
+    max_topic_length: int = Field(65535, gt=0, description="Longest topic name or filter, in bytes.")
+    max_topic_levels: int = Field(128, gt=0, description="Most '/'-separated levels in a topic.")
+
+
 class ClusterConfig(_Model):
     """The whole cluster file."""
 
@@ -293,6 +323,7 @@ class ClusterConfig(_Model):
     security: SecurityConfig = Field(
         default_factory=SecurityConfig, description="Authentication, access control and TLS listeners."
     )
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Per-broker limits on client input.")
 
     @model_validator(mode="after")
     def _unique(self) -> ClusterConfig:

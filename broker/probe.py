@@ -22,7 +22,11 @@ def _connect_packet(client_id: str) -> bytes:
 
 
 def mqtt_answers(host: str, port: int, timeout: float = 1.0) -> bool:
-    """True if the broker at host:port accepts an MQTT 3.1.1 CONNECT (CONNACK return code 0)."""
+    """True if the broker at host:port answers an MQTT 3.1.1 CONNECT with a CONNACK.
+
+    Any return code counts: a broker that refuses an anonymous probe (secure profile) is
+    still up and speaking MQTT.
+    """
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.settimeout(timeout)
@@ -34,7 +38,7 @@ def mqtt_answers(host: str, port: int, timeout: float = 1.0) -> bool:
                     return False
                 data += chunk
             sock.sendall(b"\xe0\x00")  # DISCONNECT
-            return data[0] == 0x20 and data[3] == 0
+            return data[0] == 0x20
     except OSError:
         return False
 

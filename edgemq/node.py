@@ -24,9 +24,12 @@ from typing import Any
 from bridge.link import Uplink, stats_topic
 from bridge.tap import BufferTap
 from broker.config import ClusterConfig, SiteConfig
-from broker.ownership import OwnershipCount, device_from_client_id
+from broker.limits import LIMITS_ENV, BrokerLimits
+from broker.ownership import OwnershipCount, device_from_client_id, ring_document, ring_topic
 from broker.ring import Ring
+from broker.security import security_plugins
 from broker.server import EdgeBroker, amqtt_config
+from broker.tls import broker_listeners
 from broker.topics import TopicMap
 from edgemq import metrics
 
@@ -168,6 +171,17 @@ def _broker_snapshot(broker: EdgeBroker, name: str, address: str, started: float
     }
 
 
+def broker_limits(cfg: ClusterConfig) -> BrokerLimits:
+    """The cluster file's [limits], overridden field by field by $EDGEMQ_BROKER_LIMITS (JSON) if set."""
+    base = BrokerLimits(**cfg.limits.model_dump())
+    if not os.environ.get(LIMITS_ENV):
+        return base
+    overrides = BrokerLimits.from_env()  # validates names and values
+    changed = {k: v for k, v in dataclasses.asdict(overrides).items()
+               if k in json.loads(os.environ[LIMITS_ENV])}
+    return dataclasses.replace(base, **changed)
+
+
 async def run_cloud(cfg: ClusterConfig, *, metrics_port: int | None = None) -> None:
     """Run the embedded cloud broker until signalled.
 
@@ -175,7 +189,9 @@ async def run_cloud(cfg: ClusterConfig, *, metrics_port: int | None = None) -> N
     """
     name = component_name()
     host, port = cfg.cloud.host, cfg.cloud.port
-    broker = EdgeBroker(amqtt_config(host, port))
+    config = amqtt_config(host, port)
+    config["plugins"] = security_plugins(cfg.security, site=None)
+    broker = EdgeBroker(config, limits=broker_limits(cfg))
     await broker.start()
     started = time.time()
     log.info("cloud broker listening on %s:%s", host, port)
@@ -221,10 +237,17 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
         ttl_s=bufcfg.ttl_s,
         durability=bufcfg.durability,
         commit_interval_s=bufcfg.commit_interval_s,
+        expire_interval_s=bufcfg.expire_interval_s,
+        min_free_bytes=bufcfg.min_free_bytes,
     ) as store:
         tap = BufferTap(TopicMap.build(cfg.bridge.uplink, site.id), store, Record, durability=bufcfg.durability)
-        broker = EdgeBroker(amqtt_config(bcfg.host, bcfg.port), tap=tap)
+        config = amqtt_config(bcfg.host, bcfg.port)
+        config["listeners"] = broker_listeners(cfg.security.tls, bcfg)
+        config["plugins"] = security_plugins(cfg.security, site=site.id)
+        broker = EdgeBroker(config, tap=tap, limits=broker_limits(cfg))
         await broker.start()
+        # The site's ring, retained on every broker: how a plain-MQTT device finds its owner.
+        await broker.inject(ring_topic(site.id), json.dumps(ring_document(site)).encode(), 1, retain=True)
         started = time.time()
         log.info("edge broker %s/%s listening on %s:%s, buffer %s", site.id, bcfg.id, bcfg.host, bcfg.port, path)
         latest = LatestSnapshot()
