@@ -128,6 +128,8 @@ def section(data: dict[str, Any]) -> str:
     mc = data["machine"]
     p = data["params"]
     la0, la1 = data.get("loadavg_start", [0, 0, 0]), data.get("loadavg_end", [0, 0, 0])
+    if data.get("merged_from"):
+        la0 = data["merged_from"].get("loadavg_start") or la0
     loads = [rec["loadavg_start"][0] for rec in data.get("runs", [])]
     total_min = (data.get("total_s", 0) + (data.get("merged_from") or {}).get("total_s", 0)) / 60
     out = [
