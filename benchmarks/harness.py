@@ -97,6 +97,11 @@ def stop(p: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
                 else:
                     p.kill()
             p.wait(timeout=5)
+    if p in _GROUPS:
+        # The group leader (sh) is gone; a child that handles SIGTERM itself (mosquitto_sub
+        # does, and can hang disconnecting from a broker that is gone) must not outlive it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, signal.SIGKILL)
     if p.stdin is not None:
         with contextlib.suppress(OSError):
             p.stdin.close()
@@ -339,7 +344,7 @@ class Sub:
                f"-F '%U %p'")
         if retry:  # the broker is not up yet: retry every 20 ms until it answers
             cmd = f"until {cmd}; do sleep 0.02; done"
-        self.proc = spawn(["sh", "-c", f"exec > '{self.path}'; {cmd}"], group=True)
+        self.proc = spawn(["sh", "-c", f"exec > '{self.path}'; {cmd if retry else 'exec ' + cmd}"], group=True)
         if ready:
             self.wait_ready()
 
