@@ -50,7 +50,7 @@ cluster-status: $(STAMP)
 bench-ring: $(STAMP)
 	$(PY) benchmarks/ring_bench.py
 
-## bench-compare: edgemq vs Mosquitto side by side (issue 9), ~15 min; BENCH_ARGS="--big" for 1M drain / 10k idle
+## bench-compare: edgemq vs Mosquitto side by side (issue 9), ~15 min (2 reps); BENCH_ARGS="--big" for 1M drain / 10k idle
 bench-compare: $(STAMP)
 	$(PY) benchmarks/run_bench.py $(BENCH_ARGS)
 

@@ -178,7 +178,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, sc.Params]
     ap.add_argument("--quick", action="store_true",
                     help="2-3 minute smoke: 1 rep, short windows, small counts; "
                     "writes results/quick/, not BENCHMARKS.md")
-    ap.add_argument("--reps", type=int, default=None, help="repetitions of each measured case (default 3)")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions of each measured case (default 2)")
     ap.add_argument("--only", default="loadgen,ingest,e2e,latency,cpu,drain,overload,idle")
     ap.add_argument("--big", action="store_true", help="drain 1,000,000 messages and hold 10,000 idle connections")
     ap.add_argument("--drain-messages", type=int, default=None)
@@ -198,7 +198,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, sc.Params]
                       overload_s=5.0, overload_grace_s=8.0, idle_connections=300)
         args.cpu_rates = [1000]
         args.reps = args.reps or 1
-    args.reps = args.reps or 3
+    args.reps = args.reps or 2
     if args.big:
         p.drain_messages, p.idle_connections, p.drain_cap_s = 1_000_000, 10_000, 3600
     p.drain_messages = args.drain_messages or p.drain_messages
