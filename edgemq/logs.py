@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -58,10 +59,45 @@ class KeyValueFormatter(logging.Formatter):
         return format_kv(fields)
 
 
+class RepeatFilter(logging.Filter):
+    """Rate-limits repeated third-party log lines (amqtt logs every broken connection at
+    ERROR): the same logger and message template passes at most once per ``interval_s``,
+    then once more with how many were suppressed. A flood of bad connections must not
+    grow the log many times the size of what the attacker sent."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._last: dict[tuple[str, str], float] = {}
+        self._suppressed: dict[tuple[str, str], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(("amqtt", "transitions")) or record.levelno >= logging.CRITICAL:
+            return True
+        # Client addresses and ids vary; the template is what repeats.
+        key = (record.name, _DIGITS.sub("#", str(record.msg))[:120])
+        now = record.created
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        n = self._suppressed.pop(key, 0)
+        if n:
+            record.msg = f"{record.msg} ({n} similar suppressed)"
+        if len(self._last) > 10_000:
+            self._last.clear()
+        return True
+
+
+_DIGITS = re.compile(r"\d+")
+
+
 def setup_logging(component: str, level: str = "INFO", *, site: str | None = None, broker: str | None = None) -> None:
     """Log to stderr in key=value lines; ``component`` e.g. 'cloud', 'plant-1.a1', 'dashboard'."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(KeyValueFormatter({"component": component, "site": site, "broker": broker}))
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
