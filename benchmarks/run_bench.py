@@ -31,6 +31,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness
@@ -62,6 +65,84 @@ def cases(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any], tupl
     return [c for c in out if c[0] in args.only]
 
 
+def planned(args: argparse.Namespace, todo: list[tuple[str, str, dict[str, Any], tuple[str, ...]]]) -> list[str]:
+    """The scenario of every run ``Runner.main`` will make, in order (for "run i of N" and the estimate)."""
+    names = [scenario for _ in range(args.reps) for scenario, _, _, kinds in todo for _ in kinds]
+    if "drain" in args.only:
+        names += ["drain"] * len(KINDS)
+    if "overload" in args.only:
+        names += ([] if args.overload_rate else ["calibrate"]) + ["overload"] * len(KINDS)
+    if "idle" in args.only:
+        names += ["idle"] * len(KINDS)
+    return names
+
+
+def remaining_s(done: list[tuple[str, float]], todo: list[str]) -> float | None:
+    """Seconds the runs in ``todo`` should take: each at the mean wall time of the finished runs of
+    its scenario (scenarios differ by minutes), else of all finished runs; None before any finished."""
+    if not done:
+        return None
+    overall = sum(w for _, w in done) / len(done)
+    by: dict[str, list[float]] = {}
+    for scenario, wall in done:
+        by.setdefault(scenario, []).append(wall)
+    return sum(statistics.fmean(by[s]) if s in by else overall for s in todo)
+
+
+def clock_text(s: float | None) -> str:
+    if s is None:
+        return "?"
+    m, sec = divmod(round(s), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
+
+
+class BenchProgress:
+    """Which run is going, i of N, elapsed and estimated remaining: a rich bar on a terminal,
+    plain lines otherwise (a long batch job usually writes to a log)."""
+
+    def __init__(self, plan: list[str], console: Console | None = None) -> None:
+        self.plan = plan
+        self.done: list[tuple[str, float]] = []
+        self.t0 = time.monotonic()
+        self.console = console or Console()
+        self.bar: Progress | None = None
+        if self.console.is_terminal:
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TextColumn("~{task.fields[left]} left"), console=self.console)
+            self.task = self.bar.add_task("benchmark", total=len(plan), left="?")
+            self.bar.start()
+
+    @property
+    def total(self) -> int:
+        return max(len(self.plan), len(self.done) + 1)
+
+    def left_s(self) -> float | None:
+        return remaining_s(self.done, self.plan[len(self.done):])
+
+    def begin(self, i: int, scenario: str, case: str, kind: str, rep: int) -> None:
+        what = f"{scenario} {case} {kind} rep {rep}"
+        if self.bar is not None:
+            self.bar.update(self.task, description=f"[{i}/{self.total}] {what}", total=self.total,
+                            left=clock_text(self.left_s()))
+        else:
+            print(f"[{time.strftime('%H:%M:%S')}] run {i}/{self.total}: {what} "
+                  f"(elapsed {clock_text(time.monotonic() - self.t0)}, ~{clock_text(self.left_s())} left)",
+                  flush=True)
+
+    def end(self, scenario: str, wall_s: float, line: str) -> None:
+        self.done.append((scenario, wall_s))
+        if self.bar is not None:
+            self.bar.update(self.task, completed=len(self.done), left=clock_text(self.left_s()))
+            self.bar.console.print(line)
+        else:
+            print(line, flush=True)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
 def run_one(scenario: str, kind: str, work: Path, kw: dict[str, Any], p: sc.Params) -> dict[str, Any]:
     if scenario in ("loadgen", "ingest", "e2e", "calibrate"):
         return sc.run_blast(kind, work, p=p, **kw)
@@ -90,6 +171,7 @@ class Runner:
             "runs": [],
         }
         self.n = 0
+        self.progress: BenchProgress | None = None
         if args.merge and (self.out / "latest.json").exists():
             # Re-run some scenarios, keep the others' runs from the previous results file.
             old = json.loads((self.out / "latest.json").read_text())
@@ -109,6 +191,8 @@ class Runner:
     def run(self, scenario: str, case: str, kind: str, rep: int, kw: dict[str, Any]) -> dict[str, Any] | None:
         self.n += 1
         work = self.work / f"{self.n:03d}-{scenario}-{kind}"
+        if self.progress is not None:
+            self.progress.begin(self.n, scenario, case, kind, rep)
         load = os.getloadavg()
         t0 = time.monotonic()
         rec: dict[str, Any] = {"scenario": scenario, "case": case, "kind": kind, "rep": rep,
@@ -127,13 +211,27 @@ class Runner:
         self.data["runs"].append(rec)
         self.save()
         short = report.one_line(rec)
-        print(f"[{time.strftime('%H:%M:%S')}] {scenario:8s} {case:28s} {kind:9s} rep {rep}: {short} "
-              f"({rec['wall_s']:.0f}s, load {load[0]:.1f})", flush=True)
+        line = (f"[{time.strftime('%H:%M:%S')}] {scenario:8s} {case:28s} {kind:9s} rep {rep}: {short} "
+                f"({rec['wall_s']:.0f}s, load {load[0]:.1f})")
+        if self.progress is not None:
+            self.progress.end(scenario, rec["wall_s"], line)
+        else:
+            print(line, flush=True)
         return rec.get("result")
 
     def main(self) -> None:
         t_start = time.monotonic()
         todo = cases(self.args)
+        self.progress = BenchProgress(planned(self.args, todo))
+        try:
+            self._run_all(todo)
+        finally:
+            self.progress.stop()
+        self.data["loadavg_end"] = os.getloadavg()
+        self.data["total_s"] = time.monotonic() - t_start
+        self.save()
+
+    def _run_all(self, todo: list[tuple[str, str, dict[str, Any], tuple[str, ...]]]) -> None:
         for rep in range(self.args.reps):
             for scenario, case, kw, kinds in todo:
                 order = kinds if rep % 2 == 0 else tuple(reversed(kinds))
@@ -149,9 +247,6 @@ class Runner:
         if "idle" in self.args.only:
             for kind in KINDS:
                 self.run("idle", f"{self.p.idle_connections:,} connections", kind, 0, {})
-        self.data["loadavg_end"] = os.getloadavg()
-        self.data["total_s"] = time.monotonic() - t_start
-        self.save()
 
     def overload_rate(self) -> float:
         """2x edgemq's QoS 0 single-publisher ingest rate, measured just before (or --overload-rate).

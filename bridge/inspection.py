@@ -11,7 +11,9 @@ in one read transaction, so they are from the same commit and balance
 (``accepted == forwarded + dropped + depth``).
 
 ``drain_estimate`` turns two snapshots of the same file into rates and an
-estimated time to drain; it is pure.
+estimated time to drain; ``drain_progress`` turns three (the watch's start, one a
+window ago, the latest) into a progress bar's figures and ``site_progress`` adds
+brokers up. All three are pure: time is the snapshots' ``taken_at``.
 
 What it does not do
 -------------------
@@ -33,7 +35,16 @@ from bridge.buffer import DROP_REASONS, Stored
 from bridge.store import store_error
 from broker.errors import StoreError
 
-__all__ = ["DrainEstimate", "FileSnapshot", "drain_estimate", "peek", "read_snapshot"]
+__all__ = [
+    "DrainEstimate",
+    "DrainProgress",
+    "FileSnapshot",
+    "drain_estimate",
+    "drain_progress",
+    "peek",
+    "read_snapshot",
+    "site_progress",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +87,102 @@ class DrainEstimate:
     ingest_rate: float
     net_drain_rate: float
     eta_s: float | None  # None: not draining (the backlog holds or grows)
+
+
+@dataclass(frozen=True, slots=True)
+class DrainProgress:
+    """How far a backlog has drained since a watch began.
+
+    ``total`` is the backlog seen at the start plus what entered the buffer since;
+    ``completed`` is what has left it since (``total - depth``): forwarded, or taken
+    out by expiry, eviction or by hand. Only forwarding moves ``forwarded``, so the
+    two differ exactly by those drops. ``rate`` (messages leaving per second) and
+    ``net_rate`` (depth shrinking per second) are over the last window; they are
+    None until a window has passed. ``eta_s`` is ``depth / net_rate``, None when the
+    backlog is not shrinking, and then ``stalled`` is true (if it is not empty).
+    """
+
+    total: int
+    completed: int
+    depth: int
+    forwarded: int
+    rate: float | None
+    net_rate: float | None
+    eta_s: float | None
+    stalled: bool
+
+    @property
+    def empty(self) -> bool:
+        """Nothing left in the buffer."""
+        return self.depth == 0
+
+
+def _entered(before: FileSnapshot, after: FileSnapshot) -> int:
+    """Messages that entered the buffer between two snapshots. ``accepted`` also counts records
+    refused at the door (``rejected``, or a rolled-back commit, ``error``): they never held a row."""
+    refused = sum(after.dropped.get(r, 0) - before.dropped.get(r, 0) for r in ("rejected", "error"))
+    return max(0, after.accepted - before.accepted - refused)
+
+
+def drain_progress(start: FileSnapshot, window: FileSnapshot, latest: FileSnapshot) -> DrainProgress | None:
+    """Progress of the drain from ``start`` to ``latest``; rates between ``window`` and ``latest``.
+
+    Completion is measured on depth, not on the ``forwarded`` counter, so rows removed by
+    any door (including by hand, which no counter sees until the broker restarts) count as
+    drained and the bar reaches its end exactly when the buffer is empty. None if the
+    snapshots are out of order or the file was replaced (counters went backwards): the
+    caller starts again from ``latest``.
+    """
+    if not start.taken_at <= window.taken_at <= latest.taken_at:
+        return None
+    if latest.accepted < start.accepted or latest.forwarded < start.forwarded:
+        return None
+    total = start.depth_messages + _entered(start, latest)
+    total = max(total, latest.depth_messages)
+    completed = total - latest.depth_messages
+    dt = latest.taken_at - window.taken_at
+    rate: float | None = None
+    net: float | None = None
+    if dt > 0 and latest.accepted >= window.accepted:
+        left_window = window.depth_messages + _entered(window, latest) - latest.depth_messages
+        rate = max(0, left_window) / dt
+        net = (window.depth_messages - latest.depth_messages) / dt
+    eta: float | None
+    if latest.depth_messages == 0:
+        eta = 0.0
+    elif net is not None and net > 0:
+        eta = latest.depth_messages / net
+    else:
+        eta = None
+    return DrainProgress(
+        total=total,
+        completed=completed,
+        depth=latest.depth_messages,
+        forwarded=latest.forwarded - start.forwarded,
+        rate=rate,
+        net_rate=net,
+        eta_s=eta,
+        stalled=latest.depth_messages > 0 and net is not None and net <= 0,
+    )
+
+
+def site_progress(parts: list[DrainProgress]) -> DrainProgress:
+    """Brokers added up. They drain in parallel, so the site's time remaining is its slowest
+    broker's, unknown if any non-empty broker's is; stalled if any non-empty broker is."""
+    busy = [p for p in parts if not p.empty]
+    rates = [p.rate for p in parts if p.rate is not None]
+    nets = [p.net_rate for p in parts if p.net_rate is not None]
+    etas = [p.eta_s for p in busy]
+    return DrainProgress(
+        total=sum(p.total for p in parts),
+        completed=sum(p.completed for p in parts),
+        depth=sum(p.depth for p in parts),
+        forwarded=sum(p.forwarded for p in parts),
+        rate=sum(rates) if rates else None,
+        net_rate=sum(nets) if nets else None,
+        eta_s=0.0 if not busy else (None if any(e is None for e in etas) else max(e for e in etas if e is not None)),
+        stalled=any(p.stalled for p in busy),
+    )
 
 
 @contextlib.contextmanager

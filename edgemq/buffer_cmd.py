@@ -5,7 +5,8 @@ the nodes run and after they stopped. ``stats`` reads each file twice,
 ``--interval`` apart, for the drain rate and the time to drain, and takes the link
 state and in-flight count from the node's stats file (written every second by
 ``edgemq broker edge`` and ``edgemq bridge``); a stats file older than
-``STALE_AFTER_S`` or marked stopped means the node is not running.
+``STALE_AFTER_S`` or marked stopped means the node is not running. ``stats --watch``
+follows a drain live instead (``edgemq.buffer_watch``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rich.table import Table
 from bridge.inspection import FileSnapshot, drain_estimate, peek, read_snapshot
 from broker.config import ClusterConfig, load
 from broker.errors import ConfigError, StoreError
+from edgemq.buffer_watch import watch
 from edgemq.node import buffer_path, component_name, stats_path
 
 __all__ = ["broker_rows", "buffer_app", "site_total"]
@@ -109,6 +111,18 @@ def broker_rows(
         }
         rows.append(row)
     return rows
+
+
+# Looked up at call time so tests can drive a watch without real seconds passing.
+_clock: Callable[[], float] = time.time
+_sleep: Callable[[float], None] = time.sleep
+
+
+def _watch_read(cfg: ClusterConfig, ref: tuple[str, str], now: float) -> FileSnapshot | StoreError | None:
+    """A watch's read of one buffer: None when the broker has no buffer file (nothing to drain)."""
+    if not buffer_path(cfg, *ref).exists():
+        return None
+    return _try_snapshot(cfg, ref, now)
 
 
 def _try_snapshot(cfg: ClusterConfig, ref: tuple[str, str], now: float) -> FileSnapshot | StoreError:
@@ -232,13 +246,46 @@ def stats(
     site: Annotated[str | None, typer.Option("--site", help="All brokers of one site, plus its total.")] = None,
     broker: BrokerOpt = None,
     interval: Annotated[
-        float, typer.Option(help="Seconds between the two reads that give the drain rate; 0 skips rates.")
+        float,
+        typer.Option(
+            help="Seconds between the two reads that give the drain rate; 0 skips rates. "
+            "With --watch: seconds between refreshes."
+        ),
     ] = 1.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Machine-readable output (with --watch: one JSON object per refresh).")
+    ] = False,
+    watch_: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Follow the drain: progress bars with rate and time remaining (plain lines off a terminal).",
+        ),
+    ] = False,
+    until_empty: Annotated[
+        bool, typer.Option("--until-empty", help="Watch until every selected buffer is empty, then exit 0.")
+    ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="Stop watching after S seconds (with --until-empty: exit 1 if not yet empty)."),
+    ] = None,
 ) -> None:
     """Depth (messages, bytes), oldest age, in-flight, drain rate, time to drain, drops by reason, peak."""
     cfg = load(config)
     refs = _refs(cfg, site, broker)
+    if watch_ or until_empty:
+        code = watch(
+            refs,
+            lambda ref, now: _watch_read(cfg, ref, now),
+            period_s=interval if interval > 0 else 1.0,
+            until_empty=until_empty,
+            timeout_s=timeout,
+            console=Console(),
+            as_json=as_json,
+            clock=_clock,
+            sleep=_sleep,
+        )
+        raise typer.Exit(code)
     rows = broker_rows(cfg, refs, max(0.0, interval))
     sites = list(dict.fromkeys(r["site"] for r in rows))
     totals = {s: site_total(s, [r for r in rows if r["site"] == s]) for s in sites}

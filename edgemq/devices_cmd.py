@@ -23,7 +23,15 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from broker.config import ClusterConfig, load
@@ -117,6 +125,8 @@ class _Display:
         self.last_started = 0
         self.prev: tuple[float, int] = (0.0, 0)
         self.rate = 0.0
+        self.prev_conn: tuple[float, int] = (0.0, 0)
+        self.conn_rate = 0.0
         self.progress: Progress | None = None
         self.tasks: dict[str, TaskID] = {}
         if console.is_terminal:
@@ -126,6 +136,7 @@ class _Display:
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[info]}"),
                 TimeElapsedColumn(),
+                TimeRemainingColumn(),
                 console=console,
                 transient=False,
             )
@@ -147,12 +158,18 @@ class _Display:
         if s.elapsed_s - t0 >= 1.0:
             self.rate = (s.acked - n0) / (s.elapsed_s - t0)
             self.prev = (s.elapsed_s, s.acked)
+        t1, c1 = self.prev_conn
+        if s.elapsed_s - t1 >= 1.0:
+            self.conn_rate = max(0, s.connected - c1) / (s.elapsed_s - t1)
+            self.prev_conn = (s.elapsed_s, s.connected)
+        connecting = s.connected < s.devices
+        conn_info = f"{self.conn_rate:,.0f} conn/s · started {s.started}" if connecting else f"started {s.started}"
         info = (
             f"{self.rate:,.0f} msg/s · published {s.published:,} · commands {s.commands} · "
             f"errors {s.errors} · reconnects {s.reconnects}"
         )
         if self.progress is not None:
-            self.progress.update(self.tasks["conn"], completed=s.connected, info=f"started {s.started}")
+            self.progress.update(self.tasks["conn"], completed=s.connected, info=conn_info)
             self.progress.update(self.tasks["acked"], completed=s.acked, info=info)
         else:
             now = time.monotonic()
@@ -160,8 +177,11 @@ class _Display:
             if starting or now - self.last_line >= PLAIN_INTERVAL_S:
                 self.last_line = now
                 self.last_started = s.started
+                eta = (s.devices - s.connected) / self.conn_rate if self.conn_rate > 0 else None
+                connect = f" connect_rate={self.conn_rate:.0f}/s connect_eta={'-' if eta is None else f'{eta:.0f}s'}"
                 print(
-                    f"t={s.elapsed_s:.1f}s connected={s.connected}/{s.devices} started={s.started} "
+                    f"t={s.elapsed_s:.1f}s connected={s.connected}/{s.devices}{connect if connecting else ''} "
+                    f"started={s.started} "
                     f"published={s.published} acked={s.acked} rate={self.rate:.0f}/s commands={s.commands} "
                     f"errors={s.errors} reconnects={s.reconnects}",
                     flush=True,
