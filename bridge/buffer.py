@@ -217,6 +217,8 @@ class Buffer:
         self.commits = 0
         self._closed = False
         self._c: dict[str, int] = {}
+        #: The counters as last committed to ``meta``: a commit writes only those that changed.
+        self._written: dict[str, int] = {}
         self._depth = 0
         self._bytes = 0
         self._last_enq = float("-inf")
@@ -274,6 +276,7 @@ class Buffer:
         conn = self._conn
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         self._c = {k: int(meta.get(k, 0)) for k in _COUNTERS}
+        self._written = {k: int(v) for k, v in meta.items() if k in self._c}
         depth, size = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM messages").fetchone()
         tail = conn.execute("SELECT seq, enqueued_at FROM messages ORDER BY seq DESC LIMIT 1").fetchone()
         self._depth, self._bytes = int(depth), int(size)
@@ -307,7 +310,10 @@ class Buffer:
         try:
             conn.execute("BEGIN IMMEDIATE")
             yield
-            conn.executemany("UPDATE meta SET value = ? WHERE key = ?", [(v, k) for k, v in self._c.items()])
+            written = self._written
+            changed = [(v, k) for k, v in self._c.items() if written.get(k) != v]
+            if changed:
+                conn.executemany("UPDATE meta SET value = ? WHERE key = ?", changed)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -315,6 +321,7 @@ class Buffer:
                     conn.execute("ROLLBACK")
             self._c, self._depth, self._bytes, self._last_enq = saved
             raise
+        self._written = dict(self._c)
         self.commits += 1
 
     @contextlib.contextmanager
@@ -485,16 +492,23 @@ class Buffer:
     def expire(self, now: float) -> int:
         """Delete and count (``expired``) every message at least ``ttl_s`` old."""
         self._check_open()
-        if self.ttl_s is None:
-            return 0
-        head = self._conn.execute("SELECT enqueued_at FROM messages ORDER BY seq LIMIT 1").fetchone()
-        if head is None or float(head[0]) > now - self.ttl_s:
+        if not self._head_expired(now):
             return 0
         with self._txn():
             return self._expire_in_txn(now)
 
-    def _expire_in_txn(self, now: float) -> int:
+    def _head_expired(self, now: float) -> bool:
+        """Whether the oldest row has reached ``ttl_s``: one indexed lookup, no scan."""
         if self.ttl_s is None:
+            return False
+        head = self._conn.execute("SELECT enqueued_at FROM messages ORDER BY seq LIMIT 1").fetchone()
+        return head is not None and float(head[0]) <= now - self.ttl_s
+
+    def _expire_in_txn(self, now: float) -> int:
+        # Rows are enqueued in seq order with non-decreasing times, so the expired rows are a
+        # prefix: probe the head first and scan only when it has expired (every group commit
+        # calls this, so the common case must cost one lookup, not a chunk of rows).
+        if self.ttl_s is None or not self._head_expired(now):
             return 0
         cutoff = now - self.ttl_s
         count = freed = upto = 0

@@ -11,7 +11,16 @@ record has committed. Acks are queued and applied in order, before the appends
 gathered with them. Reads go through the same queue, so a read sees every ack
 queued before it.
 
-Expiry: the core expires on every read and append; while idle (no appends, the
+Hand-offs are batched per event-loop turn: ``append`` and ``ack`` only add to
+lists on the loop, and one ``call_soon`` callback per turn hands everything
+gathered to the writer thread as a single queue item (a ``read`` or ``aclose``
+flushes first, so order is kept). The writer settles all futures of a group
+commit and wakes ``wait_for_data`` waiters with one ``call_soon_threadsafe``.
+Each append keeps its own future: awaiting a shared batch future would let one
+cancelled caller cancel the others' (asyncio cancels the awaited future).
+
+Expiry: the core checks the oldest row on every read and append (one indexed
+lookup; it scans only when that row has expired); while idle (no appends, the
 link down so no reads) the writer thread also runs ``expire`` every
 ``expire_interval_s`` (a ticker on its queue wait), so depth and oldest age stay
 right in ``statistics()`` without traffic.
@@ -91,14 +100,12 @@ def store_error(exc: BaseException, path: str) -> StoreError:
 
 
 @dataclass(slots=True)
-class _Append:
-    record: Record
-    future: asyncio.Future[int]
+class _Batch:
+    """What one event-loop turn handed over: acks (applied first), then appends in order."""
 
-
-@dataclass(slots=True)
-class _Ack:
-    seqs: list[int]
+    records: list[Record]
+    futures: list[asyncio.Future[int]]
+    acks: list[int]
 
 
 @dataclass(slots=True)
@@ -113,7 +120,7 @@ class _Close:
     future: asyncio.Future[None]
 
 
-_Op = _Append | _Ack | _Read | _Close
+_Op = _Batch | _Read | _Close
 _Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]  # future, result, exception
 
 
@@ -175,6 +182,11 @@ class Store:
         self._changed = asyncio.Event()
         self._closing = False
         self._warn = _RateLimitedLog()
+        # Gathered on the event loop during one turn, handed over by _flush.
+        self._records: list[Record] = []
+        self._futures: list[asyncio.Future[int]] = []
+        self._acks: list[int] = []
+        self._flush_scheduled = False
         #: Where a corrupt file found at open was moved to, if one was.
         self.recovered_from: Path | None = None
 
@@ -238,6 +250,7 @@ class Store:
         """Commit everything queued so far, then close the file. Idempotent."""
         if self._thread is None or self._closing:
             return
+        self._flush()
         self._closing = True
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put(_Close(fut))
@@ -259,20 +272,42 @@ class Store:
         Raises ``StoreFull`` if it was refused (``reject_new``) or the disk is full,
         ``StoreError``/``StoreCorrupt`` for other storage failures.
         """
-        fut: asyncio.Future[int] = self._check_usable().create_future()
-        self._queue.put(_Append(record, fut))
-        return await fut
+        return await self.submit(record)
+
+    def submit(self, record: Record) -> asyncio.Future[int]:
+        """Queue one append now (in call order); the future resolves as ``append`` returns."""
+        loop = self._check_usable()
+        fut: asyncio.Future[int] = loop.create_future()
+        self._records.append(record)
+        self._futures.append(fut)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return fut
 
     async def read(self, after_seq: int, limit: int) -> list[Stored]:
         """Up to ``limit`` stored messages after ``after_seq``, in order (expired ones dropped)."""
         fut: asyncio.Future[list[Stored]] = self._check_usable().create_future()
+        self._flush()  # the read must see the acks (and appends) gathered before it
         self._queue.put(_Read(after_seq, limit, fut))
         return await fut
 
     def ack(self, seqs: Iterable[int]) -> None:
         """Queue removal of forwarded messages; applied in order, before later reads."""
-        self._check_usable()
-        self._queue.put(_Ack(list(seqs)))
+        loop = self._check_usable()
+        self._acks.extend(seqs)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Hand this turn's appends and acks to the writer thread as one queue item."""
+        self._flush_scheduled = False
+        if not (self._records or self._acks):
+            return
+        batch = _Batch(self._records, self._futures, self._acks)
+        self._records, self._futures, self._acks = [], [], []
+        self._queue.put(batch)
 
     async def wait_for_data(self, after_seq: int, timeout: float | None = None) -> bool:
         """Wait until a message newer than ``after_seq`` is buffered; False on timeout."""
@@ -318,30 +353,24 @@ class Store:
 
     def _resolve_all(self, outcomes: list[_Outcome]) -> None:
         """Settle many futures with one wake-up of the event loop (one per group commit)."""
+        self._call(_settle, outcomes)
 
-        def settle() -> None:
-            for fut, result, exc in outcomes:
-                if fut.done():
-                    continue  # cancelled by its awaiter
-                if exc is not None:
-                    fut.set_exception(exc)
-                else:
-                    fut.set_result(result)
-
-        self._call(settle)
-
-    def _publish(self, buf: Buffer) -> None:
+    def _publish(self, buf: Buffer, outcomes: list[_Outcome] | None = None) -> None:
+        """Take a statistics snapshot, then (one loop wake-up) settle ``outcomes`` and wake waiters."""
         try:
             self._stats = buf.statistics(self._clock())
         except sqlite3.Error as exc:
             self._warn.warning("stats", "buffer %s: cannot read statistics: %s", self.path, exc)
+            if outcomes:
+                self._resolve_all(outcomes)
             return
+        self._call(self._settle_and_wake, outcomes)
 
-        def wake() -> None:
-            changed, self._changed = self._changed, asyncio.Event()
-            changed.set()
-
-        self._call(wake)
+    def _settle_and_wake(self, outcomes: list[_Outcome] | None) -> None:
+        if outcomes:
+            _settle(outcomes)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     def _run(self, ready: asyncio.Future[None]) -> None:
         try:
@@ -380,8 +409,7 @@ class Store:
                     outcome: _Outcome = (op.future, buf.read(op.after_seq, op.limit, self._clock()), None)
                 except Exception as exc:
                     outcome = (op.future, None, store_error(exc, self.path))
-                self._publish(buf)
-                self._resolve_all([outcome])
+                self._publish(buf, [outcome])
             elif isinstance(op, _Close):
                 try:
                     buf.close()
@@ -390,12 +418,12 @@ class Store:
                     self._resolve(op.future, exc=store_error(exc, self.path))
                 return
             else:
-                appends: list[_Append] = []
+                records: list[Record] = []
+                futures: list[asyncio.Future[int]] = []
                 acks: list[int] = []
-                pending = self._gather(op, appends, acks)
-                outcomes = self._commit(buf, appends, acks)
-                self._publish(buf)
-                self._resolve_all(outcomes)
+                pending = self._gather(op, records, futures, acks)
+                outcomes = self._commit(buf, records, futures, acks)
+                self._publish(buf, outcomes)
 
     def _tick_expire(self, buf: Buffer) -> None:
         """The idle ticker: expire by ttl even when nothing reads or appends."""
@@ -409,18 +437,20 @@ class Store:
         if expired:
             self._publish(buf)
 
-    def _gather(self, first: _Append | _Ack, appends: list[_Append], acks: list[int]) -> _Op | None:
+    def _gather(
+        self, first: _Batch, records: list[Record], futures: list[asyncio.Future[int]], acks: list[int]
+    ) -> _Op | None:
         """Collect appends and acks for one group commit; return an op that ends the group."""
         deadline = time.monotonic() + self.commit_interval_s
         op: _Op = first
         while True:
-            if isinstance(op, _Append):
-                appends.append(op)
-            elif isinstance(op, _Ack):
-                acks.extend(op.seqs)
+            if isinstance(op, _Batch):
+                records.extend(op.records)
+                futures.extend(op.futures)
+                acks.extend(op.acks)
             else:
                 return op
-            if len(appends) >= self.max_batch:
+            if len(records) >= self.max_batch:
                 return None
             remaining = deadline - time.monotonic()
             try:
@@ -428,27 +458,33 @@ class Store:
             except queue.Empty:
                 return None
 
-    def _commit(self, buf: Buffer, appends: list[_Append], acks: list[int]) -> list[_Outcome]:
+    def _commit(
+        self, buf: Buffer, records: list[Record], futures: list[asyncio.Future[int]], acks: list[int]
+    ) -> list[_Outcome]:
+        """Apply the acks, then append in transactions of at most ``max_batch`` records."""
         if acks:
             try:
                 buf.ack(acks)
             except Exception as exc:
                 # The rows stay and are forwarded again later: at-least-once, not loss.
                 self._warn.warning("ack", "buffer %s: ack failed: %s", self.path, store_error(exc, self.path))
-        if not appends:
-            return []
-        try:
-            result = buf.append_many([a.record for a in appends], self._clock())
-        except Exception as exc:
-            err = store_error(exc, self.path)
-            return [(a.future, None, err) for a in appends]
-        failure = store_error(result.error, self.path) if result.error is not None else None
-        if failure is not None:
-            self._warn.warning("append", "buffer %s: %d records dropped: %s", self.path, len(appends), failure)
-        return [
-            (a.future, seq, None) if seq is not None else (a.future, None, failure or self._refused())
-            for a, seq in zip(appends, result.seqs, strict=True)
-        ]
+        outcomes: list[_Outcome] = []
+        for i in range(0, len(records), self.max_batch):
+            chunk, futs = records[i : i + self.max_batch], futures[i : i + self.max_batch]
+            try:
+                result = buf.append_many(chunk, self._clock())
+            except Exception as exc:
+                err = store_error(exc, self.path)
+                outcomes.extend((f, None, err) for f in futs)
+                continue
+            failure = store_error(result.error, self.path) if result.error is not None else None
+            if failure is not None:
+                self._warn.warning("append", "buffer %s: %d records dropped: %s", self.path, len(chunk), failure)
+            outcomes.extend(
+                (f, seq, None) if seq is not None else (f, None, failure or self._refused())
+                for f, seq in zip(futs, result.seqs, strict=True)
+            )
+        return outcomes
 
     def _refused(self) -> StoreFull:
         return StoreFull(
@@ -465,5 +501,18 @@ class Store:
                 op = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if not isinstance(op, _Ack):
+            if isinstance(op, _Batch):
+                self._resolve_all([(f, None, closed) for f in op.futures])
+            else:
                 self._resolve(op.future, exc=closed)
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    """On the event loop: set each future's result or exception (skip those cancelled)."""
+    for fut, result, exc in outcomes:
+        if fut.done():
+            continue  # cancelled by its awaiter
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)

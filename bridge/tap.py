@@ -51,10 +51,9 @@ class BufferTap:
             overflow=rule.overflow,
         )
         if self.durability == "relaxed":
-            # Ack on receipt: the append is scheduled, not awaited. Every append takes this
-            # same path in relaxed mode, and tasks start in FIFO order, so order is kept.
-            task = asyncio.ensure_future(self.store.append(rec))
-            task.add_done_callback(self._log_failure)
+            # Ack on receipt: the append is queued now (in offer order), not awaited, and
+            # without a task per message.
+            self.store.submit(rec).add_done_callback(self._log_failure)
             return
         # The append is enqueued before its first await, in the order offers arrive; we
         # return (and the broker sends the PUBACK) only after its group commit.

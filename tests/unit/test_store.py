@@ -228,3 +228,39 @@ def test_idle_expiry_runs_without_reads_or_appends(tmp_path: Path) -> None:
 def test_expire_interval_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         Store.open(tmp_path / "b.db", max_messages=1, max_bytes=1, expire_interval_s=0)
+
+
+def test_appends_of_one_loop_turn_are_one_hand_off_and_one_commit(tmp_path: Path) -> None:
+    async def body(s: Store) -> None:
+        await s.append(rec(0))  # the first append also reserves a block of seqs (its own commit)
+        before = s.statistics().commits
+        futs = [s.submit(rec(i)) for i in range(50)]  # queued in call order, same turn
+        seqs = await asyncio.gather(*futs)
+        assert list(seqs) == list(range(2, 52))
+        assert s.statistics().commits - before == 1
+
+    with_store(tmp_path / "b.db", body)
+
+
+def test_acks_gathered_in_a_turn_are_seen_by_the_next_read(tmp_path: Path) -> None:
+    async def body(s: Store) -> None:
+        seqs = [await s.append(rec(i)) for i in range(5)]
+        s.ack([seqs[3]])
+        s.ack([seqs[0]])  # out of order; neither handed over yet when read() is called
+        got = await s.read(0, 10)
+        assert [m.seq for m in got] == [seqs[1], seqs[2], seqs[4]]
+        assert s.statistics().forwarded == 2
+
+    with_store(tmp_path / "b.db", body)
+
+
+def test_cancelling_one_append_does_not_cancel_the_others_of_its_batch(tmp_path: Path) -> None:
+    async def body(s: Store) -> None:
+        first = asyncio.create_task(s.append(rec(0)))
+        second = asyncio.create_task(s.append(rec(1)))
+        await asyncio.sleep(0)  # both queued in the same turn
+        first.cancel()
+        assert await second == 2
+        assert s.statistics().depth_messages == 2  # the cancelled append's record stays stored
+
+    with_store(tmp_path / "b.db", body)
