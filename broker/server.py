@@ -21,6 +21,16 @@ What we change, and why (details in docs/amqtt-notes.md):
   made and only where access control allows, and never drops acknowledged messages
   when a publisher goes away; ``EdgeProtocolHandler`` keeps unacknowledged outgoing
   QoS 1 messages in flight until acknowledged or redelivered on reconnect.
+* Authentication before any session changes (entry 14): amqtt resolves the session of a
+  CONNECT (clean-session delete, persistent-session merge) and takes a connected client
+  over before it authenticates; ``EdgeBroker`` authenticates the newcomer on a session of
+  its own first, then asks the ownership ``admission`` hook, and only then deletes, adopts
+  or takes over the session of that client id. A refused client gets CONNACK 0x05 and
+  leaves every session as it was.
+* ``stream_connected`` records each connection's TLS state (``broker.tls.note_connection``)
+  for the auth plugin.
+* amqtt's own log lines for each failed connection go through the broker's
+  ``RateLimitedLog`` (entry 7), like the guard's.
 
 This module holds no bridge logic: the tap is a protocol the bridge implements.
 """
@@ -31,6 +41,7 @@ import asyncio
 import contextvars
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,10 +52,13 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import OUTGOING, ApplicationMessage, OutgoingApplicationMessage, Session
 
+from broker.auth import bind_principal, principal_of
 from broker.errors import StoreError
 from broker.guard import GuardedReader, GuardStatistics
 from broker.limits import BrokerLimits
+from broker.ownership import Decision, Verdict
 from broker.ratelog import RateLimitedLog
+from broker.tls import note_connection
 
 __all__ = ["BrokerCounters", "BrokerLimits", "EdgeBroker", "UplinkTap", "amqtt_config"]
 
@@ -59,6 +73,57 @@ _PUBLISHER_QOS: contextvars.ContextVar[int | None] = contextvars.ContextVar("pub
 _SUBSCRIBING: contextvars.ContextVar[bool] = contextvars.ContextVar("subscribing", default=False)
 
 
+class _Resolving:
+    """Marks amqtt's ``_initialize_client_session`` running in this task (and tasks it starts).
+
+    A flag object rather than a bare bool: tasks amqtt starts meanwhile (plugin events)
+    inherit the context, and must stop seeing the flag once the call returns.
+    """
+
+    active = True
+
+
+_RESOLVING: contextvars.ContextVar[_Resolving | None] = contextvars.ContextVar("resolving", default=None)
+# The authentication result our ``_handle_client_session`` already has, for amqtt's own
+# ``_authenticate`` call in ``Broker._handle_client_session`` (read once).
+_AUTHENTICATED: contextvars.ContextVar[bool | None] = contextvars.ContextVar("authenticated", default=None)
+
+# What a new connection brings to the persistent session it resumes: its will, keep-alive,
+# credentials and transport [MQTT-3.1.2-4 ff.]; everything else (subscriptions, queued and
+# in-flight messages) is the session's.
+_CONNECT_FIELDS = (
+    "will_flag",
+    "will_retain",
+    "will_qos",
+    "will_topic",
+    "will_message",
+    "keep_alive",
+    "username",
+    "password",
+    "remote_address",
+    "remote_port",
+    "ssl_object",
+)
+
+
+def _resolving() -> bool:
+    flag = _RESOLVING.get()
+    return flag is not None and flag.active
+
+
+class _SessionTable(dict[str, tuple[Session, BrokerProtocolHandler]]):
+    """amqtt's ``Broker._sessions``, empty to amqtt's persistent-session lookup before authentication.
+
+    ``Broker._initialize_client_session`` asks ``client_id in self._sessions`` and, if so,
+    overwrites that session's will, keep-alive and credentials with the newcomer's, all
+    before authentication. While it runs, ``in`` answers False: amqtt builds the newcomer a
+    session of its own, which ``EdgeBroker._resolve_session`` merges once authenticated.
+    """
+
+    def __contains__(self, key: object) -> bool:
+        return not _resolving() and super().__contains__(key)
+
+
 class _Broadcast(dict[str, Any]):
     """amqtt's broadcast record, answering ``get("qos", subscriber_qos)`` with the lower QoS.
 
@@ -71,6 +136,33 @@ class _Broadcast(dict[str, Any]):
         if key == "qos" and "publisher_qos" in self and default is not None:
             return min(int(self["publisher_qos"]), int(default))
         return super().get(key, default)
+
+
+# What amqtt's ``Broker`` logs (WARNING/ERROR) for each connection that fails before or
+# during its session: one line or two per bad connection, a flood under hostile input.
+_PER_CONNECTION_FAILURES = (
+    "Failed to initialize client session",
+    "No data from",
+    "Invalid connection from",
+    "[MQTT-3.1.0-1]",
+    "Error while handling client session",
+)
+
+
+class _AmqttBrokerLog(logging.LoggerAdapter[logging.Logger]):
+    """amqtt's broker logger with its per-connection failure lines through a ``RateLimitedLog``."""
+
+    def __init__(self, logger: logging.Logger, ratelog: RateLimitedLog) -> None:
+        super().__init__(logger, {})
+        self._ratelog = ratelog
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level >= logging.WARNING and isinstance(msg, str):
+            for prefix in _PER_CONNECTION_FAILURES:
+                if msg.startswith(prefix):
+                    self._ratelog.log(level, f"amqtt:{prefix}", "%s", msg)
+                    return
+        super().log(level, msg, *args, **kwargs)
 
 
 class UplinkTap(Protocol):
@@ -97,6 +189,12 @@ class BrokerCounters:
     uplink_offered: int = 0
     uplink_refused: int = 0
     invalid_publish: int = 0
+    admission_owned: int = 0
+    """CONNECTs the ``admission`` hook found owned by this broker."""
+    admission_warned: int = 0
+    """CONNECTs admitted with a warning: the device's live owner is another broker (policy warn)."""
+    admission_refused: int = 0
+    """CONNECTs refused by the ``admission`` hook (CONNACK 0x05)."""
 
 
 def _publishable(topic: str) -> bool:
@@ -191,17 +289,31 @@ class EdgeProtocolHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt
 
 
 class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
-    """amqtt Broker with edgemq's hooks. Use for both edge and cloud brokers."""
+    """amqtt Broker with edgemq's hooks. Use for both edge and cloud brokers.
+
+    ``admission``, if given, is asked once per CONNECT, after authentication, with the
+    client id (typically ``broker.ownership.admit`` bound to the site's ring and the
+    brokers alive): a ``Decision`` that does not admit is answered CONNACK 0x05 (not
+    authorized); one that warns is logged (rate-limited). Counted in ``counters``.
+    """
 
     def __init__(
-        self, config: dict[str, Any], *, tap: UplinkTap | None = None, limits: BrokerLimits | None = None
+        self,
+        config: dict[str, Any],
+        *,
+        tap: UplinkTap | None = None,
+        limits: BrokerLimits | None = None,
+        admission: Callable[[str], Decision] | None = None,
     ) -> None:
         super().__init__(config)
+        self._sessions: _SessionTable = _SessionTable(self._sessions)
         self.tap = tap
+        self.admission = admission
         self.limits = limits if limits is not None else BrokerLimits.from_env()
         self.counters = BrokerCounters()
         self.guard_stats = GuardStatistics()
         self.ratelog = RateLimitedLog(log)
+        self.logger = _AmqttBrokerLog(logging.getLogger("amqtt.broker"), self.ratelog)
         self.open_connections = 0
         self.dropped_offline = 0
         self._loop_done: dict[str, asyncio.Event] = {}
@@ -218,6 +330,9 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
         # Replaces amqtt's adapter with the guard, and its semaphore (which waits instead of
         # refusing, and leaks a slot on some failed CONNECTs) with a count released in
         # ``finally``: whatever a client sends, its slot comes back.
+        # First: the auth plugin reads the connection's TLS state (and client certificate)
+        # from this task's context; without it certificate logins fail closed.
+        note_connection(writer)
         peer = writer.get_extra_info("peername")
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
         if self.open_connections >= self.limits.max_connections:
@@ -238,6 +353,16 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
                 writer.close()
 
     async def _authenticate(self, session: Session, listener: Any) -> bool:
+        # amqtt calls this from ``Broker._handle_client_session``; by then our override has
+        # authenticated the newcomer (``_check_credentials``): answer with that result.
+        answered = _AUTHENTICATED.get()
+        if answered is not None:
+            _AUTHENTICATED.set(None)
+            return answered
+        return await self._check_credentials(session, listener)
+
+    async def _check_credentials(self, session: Session, listener: Any) -> bool:
+        """Ask amqtt's auth plugins about ``session``."""
         ok = bool(await super()._authenticate(session, listener))
         # amqtt marks anonymous clients and then drops their persistent sessions a second
         # after they disconnect and never queues for them. Anonymous access is how devices
@@ -263,10 +388,94 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
                 log.warning("previous connection of %s did not end within 10s", client_id)
 
     async def _delete_session(self, client_id: str) -> None:
-        # Called for a clean-session CONNECT: amqtt drops the old session but leaves its
-        # connection open and running; close it first [MQTT-3.1.4-2].
+        if _resolving():
+            # amqtt's clean-session delete in ``_initialize_client_session``, before the
+            # newcomer is authenticated: not now. ``_resolve_session`` deletes once it is.
+            return
+        # amqtt drops the old session but leaves its connection open and running; close it
+        # first [MQTT-3.1.4-2].
         await self._take_over(client_id)
         await super()._delete_session(client_id)
+
+    async def _initialize_client_session(
+        self, reader: Any, writer: Any, remote_address: str, remote_port: int
+    ) -> tuple[BrokerProtocolHandler, Session]:
+        # amqtt reads the CONNECT here and resolves its session before authentication. With
+        # the flag set it sees no existing session and defers the delete: the session it
+        # returns is always the newcomer's own.
+        flag = _Resolving()
+        token = _RESOLVING.set(flag)
+        try:
+            result: tuple[BrokerProtocolHandler, Session] = await super()._initialize_client_session(
+                reader, writer, remote_address, remote_port
+            )
+            return result
+        finally:
+            flag.active = False
+            _RESOLVING.reset(token)
+
+    def _admit(self, client_id: str) -> bool:
+        """Ask the ``admission`` hook; count and log its decision. True: admitted."""
+        if self.admission is None:
+            return True
+        try:
+            decision = self.admission(client_id)
+        except Exception as exc:
+            # Ownership decides placement, not access (authentication already passed): a
+            # broken policy must not lock a site's devices out.
+            self.ratelog.warning("admission-error", "admission check for %s failed, admitted: %r", client_id, exc)
+            return True
+        counters = self.counters
+        if decision.verdict is Verdict.OWNED:
+            counters.admission_owned += 1
+        if not decision.admit:
+            counters.admission_refused += 1
+        elif decision.warn:
+            counters.admission_warned += 1
+        if decision.warn:
+            self.ratelog.warning(
+                f"admission:{decision.verdict}",
+                "client %s %s: %s",
+                client_id,
+                "admitted" if decision.admit else "refused",
+                decision.reason,
+            )
+        return decision.admit
+
+    async def _refuse(self, session: Session, handler: BrokerProtocolHandler, reader: Any, writer: Any) -> None:
+        """CONNACK 0x05 (not authorized, session present 0) and close; no session is touched."""
+        handler.attach(session, reader, writer)  # the newcomer's own session, registered nowhere
+        try:
+            await handler.mqtt_connack_authorize(False)
+        finally:
+            await writer.close()
+
+    async def _resolve_session(self, incoming: Session) -> Session:
+        """The session an authenticated, admitted CONNECT continues: what amqtt would have resolved.
+
+        Clean session: the old one is taken over and deleted, the newcomer's is used. Persistent:
+        an existing session is resumed with the newcomer's will, keep-alive and credentials,
+        after a connection still holding it is closed (with its own will, not the newcomer's).
+        """
+        client_id = incoming.client_id
+        if incoming.clean_session:
+            await self._delete_session(client_id)
+            return incoming
+        existing = self._sessions.get(client_id)
+        if existing is not None and existing[0].transitions.is_connected():
+            await self._take_over(client_id)
+            existing = self._sessions.get(client_id)
+        if existing is None:
+            return incoming
+        session = existing[0]
+        for name in _CONNECT_FIELDS:
+            setattr(session, name, getattr(incoming, name))
+        principal = principal_of(incoming)
+        if principal is not None:
+            bind_principal(session, principal)
+        session.is_anonymous = incoming.is_anonymous
+        session.parent = 1
+        return session
 
     async def _handle_client_session(
         self,
@@ -277,6 +486,14 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
         server: Any,
         listener_name: str,
     ) -> None:
+        # ``client_session`` is the newcomer's own (``_initialize_client_session``). amqtt
+        # would take a connected client over here and authenticate after; we authenticate
+        # and admit first, and only then touch the session of that client id.
+        listener = self.listeners_config[listener_name]
+        if not await self._check_credentials(client_session, listener) or not self._admit(client_session.client_id):
+            await self._refuse(client_session, handler, reader, writer)
+            return
+        client_session = await self._resolve_session(client_session)
         # amqtt builds the handler in ``BrokerProtocolHandler.init_from_connect`` (a fixed
         # class) and attaches it here; swap in ours before it is attached.
         ours = EdgeProtocolHandler(self.plugins_manager, loop=self._loop)
@@ -289,9 +506,11 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
         done = asyncio.Event()
         client_id = client_session.client_id
         self._loop_done[client_id] = done
+        token = _AUTHENTICATED.set(True)
         try:
             await super()._handle_client_session(reader, writer, client_session, ours, server, listener_name)
         finally:
+            _AUTHENTICATED.reset(token)
             done.set()
             if self._loop_done.get(client_id) is done:
                 del self._loop_done[client_id]

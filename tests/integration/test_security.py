@@ -2,9 +2,8 @@
 
 Each test starts ``EdgeBroker`` in-process (its own event-loop thread) on free
 127.0.0.1 ports, with ``amqtt_config`` plus ``security_plugins`` and
-``broker_listeners`` (what broker/server.py will do once wired), and talks to it
-with paho clients. Certificates are throwaway (trustme). For every rule, the allowed
-case works and the denied case is refused.
+``broker_listeners``, and talks to it with paho clients. Certificates are throwaway
+(trustme). For every rule, the allowed case works and the denied case is refused.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from broker.config import BrokerConfig, SecurityConfig
 from broker.credentials import CredentialStore
 from broker.security import broker_listeners, security_plugins
 from broker.server import EdgeBroker, amqtt_config
-from broker.tls import note_connection
 from tests.integration.conftest import free_port, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,14 +37,6 @@ SITE = "plant-1"
 SECRET = "correct-horse-battery-staple-7f3a"
 NOT_AUTHORIZED = 135  # paho 2 reports MQTT 3.1.1's CONNACK code 5 as reason code 135
 WAIT = 20.0  # generous: the machine is shared with other test runs
-
-
-class _HookedBroker(EdgeBroker):
-    """EdgeBroker with the one-line hook broker/server.py still needs (see docs/security.md)."""
-
-    async def stream_connected(self, reader: Any, writer: Any, listener_name: str) -> None:
-        note_connection(writer)
-        await super().stream_connected(reader, writer, listener_name)
 
 
 @dataclass
@@ -72,7 +62,7 @@ def _start(security: SecurityConfig) -> Running:
         async def main() -> None:
             stop = asyncio.Event()
             holder["stop"] = stop
-            broker = _HookedBroker(config)
+            broker = EdgeBroker(config)
             holder["broker"] = broker
             await broker.start()
             ready.set()
@@ -290,11 +280,6 @@ def test_another_user_cannot_take_over_a_devices_client_id(secure: Running, conn
     assert _login(connect, secure.port, "dev-1", clean=False).connected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="broker/server.py: EdgeBroker._handle_client_session takes the client id over (closing the "
-    "connected device) before amqtt authenticates the newcomer; see docs/security.md, 'Hooks still needed'",
-)
 @pytest.mark.parametrize("clean", [False, True])
 def test_a_refused_client_does_not_disconnect_the_device(
     secure: Running, connect: Callable[..., Client], clean: bool
@@ -303,6 +288,40 @@ def test_a_refused_client_does_not_disconnect_the_device(
     thief = connect(secure.port, user="dev-1", password="wrong", client_id=f"dev-{SITE}-dev-1", clean=clean)
     assert thief.connack == NOT_AUTHORIZED
     assert dev1.subscribe(f"commands/{SITE}/dev-1/#")  # still connected and served
+    assert not dev1.closed.is_set()
+
+
+@pytest.mark.parametrize("clean", [False, True])
+def test_a_refused_client_leaves_the_offline_session_alone(
+    secure: Running, connect: Callable[..., Client], clean: bool
+) -> None:
+    cid = f"dev-{SITE}-dev-1"
+    dev1 = _login(connect, secure.port, "dev-1", clean=False)
+    assert dev1.subscribe(f"commands/{SITE}/dev-1/#")
+    dev1.close()
+    wait_for(lambda: cid not in secure.broker.client_ids(), WAIT, "dev-1 to be offline")
+    ops = _login(connect, secure.port, "ops")
+    ops.publish(f"commands/{SITE}/dev-1/reboot", b"queued")  # kept for dev-1's persistent session
+    # A wrong password with a will: with clean session amqtt would delete the session (and
+    # the queued command) before authenticating; without, give it the thief's will.
+    paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=clean)
+    paho.username_pw_set("dev-1", "wrong")
+    paho.will_set(f"status/{SITE}/dev-1", b"forged-will", qos=1)
+    refused: list[int] = []
+    paho.on_connect = lambda cl, ud, flags, rc, props=None: refused.append(int(rc.value))
+    paho.reconnect_delay_set(60, 120)
+    paho.connect("127.0.0.1", secure.port, keepalive=30)
+    paho.loop_start()
+    try:
+        wait_for(lambda: refused != [], WAIT, "the thief's CONNACK")
+    finally:
+        paho.loop_stop()
+    assert refused == [NOT_AUTHORIZED]
+    session = secure.broker.sessions[cid][0]
+    assert not session.will_flag and session.will_message is None
+    back = _login(connect, secure.port, "dev-1", clean=False)
+    wait_for(lambda: back.topics() != [], WAIT, "the queued command")
+    assert back.topics() == [f"commands/{SITE}/dev-1/reboot"]
 
 
 def test_secrets_never_in_logs(users: CredentialStore, connect: Callable[..., Client], caplog: Any) -> None:
