@@ -25,7 +25,8 @@ from bridge.link import Uplink, stats_topic
 from bridge.tap import BufferTap
 from broker.config import ClusterConfig, SiteConfig
 from broker.limits import LIMITS_ENV, BrokerLimits
-from broker.ownership import OwnershipCount, device_from_client_id, ring_document, ring_topic
+from broker.ownership import Decision, OwnershipCount, admit, device_from_client_id, ring_document, ring_topic
+from broker.probe import mqtt_answers
 from broker.ring import Ring
 from broker.security import security_plugins
 from broker.server import EdgeBroker, amqtt_config
@@ -147,6 +148,29 @@ class _Ownership:
         return OwnershipCount(owned, foreign, unknown)
 
 
+class _PeerLiveness:
+    """Which brokers of the site answer MQTT right now (probed every ``interval_s``).
+
+    Feeds the ownership admission decision: a device is refused (policy ``refuse``) only
+    while its owner answers. Between an owner's death and the next probe (at most
+    ``interval_s`` plus the probe timeout) its devices may be refused here once and retry.
+    """
+
+    def __init__(self, site: SiteConfig, me: str, interval_s: float = 2.0) -> None:
+        self.peers = [b for b in site.brokers if b.id != me]
+        self.interval_s = interval_s
+        # Unknown counts as down: until a peer has answered, its devices are admitted here.
+        self.alive: frozenset[str] = frozenset()
+
+    async def run(self) -> None:
+        while True:
+            results = await asyncio.gather(
+                *(asyncio.to_thread(mqtt_answers, b.host, b.port, 0.5) for b in self.peers)
+            )
+            self.alive = frozenset(b.id for b, ok in zip(self.peers, results, strict=True) if ok)
+            await asyncio.sleep(self.interval_s)
+
+
 async def _until_signalled() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -244,7 +268,15 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
         config = amqtt_config(bcfg.host, bcfg.port)
         config["listeners"] = broker_listeners(cfg.security.tls, bcfg)
         config["plugins"] = security_plugins(cfg.security, site=site.id)
-        broker = EdgeBroker(config, tap=tap, limits=broker_limits(cfg))
+        liveness = _PeerLiveness(site, bcfg.id)
+        ring = Ring((b.id, b.weight) for b in site.brokers)
+
+        def decide(client_id: str) -> Decision:
+            device = device_from_client_id(site.id, client_id)
+            key = f"{site.id}/{device}" if device is not None else None
+            return admit(ring, key, bcfg.id, liveness.alive, site.ownership_policy)
+
+        broker = EdgeBroker(config, tap=tap, limits=broker_limits(cfg), admission=decide)
         await broker.start()
         # The site's ring, retained on every broker: how a plain-MQTT device finds its owner.
         await broker.inject(ring_topic(site.id), json.dumps(ring_document(site)).encode(), 1, retain=True)
@@ -259,6 +291,9 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
             data = _broker_snapshot(broker, name, f"{bcfg.host}:{bcfg.port}", started)
             data["site"], data["broker"] = site.id, bcfg.id
             data["metrics"] = server.url if server else None
+            c = broker.counters
+            data["admission"] = {"owned": c.admission_owned, "warned": c.admission_warned,
+                                 "refused": c.admission_refused, "alive_peers": sorted(liveness.alive)}
             own = ownership.count(broker.client_ids())
             data["ownership"] = {"owned": own.owned, "foreign": own.foreign, "unknown": own.unknown}
             data["uplink"] = dataclasses.asdict(link.statistics())
@@ -283,6 +318,7 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
             await broker.inject(local_stats, json.dumps(data, default=str).encode(), 0, True)
 
         link_task = asyncio.create_task(link.run(), name=f"uplink-{site.id}-{bcfg.id}")
+        liveness_task = asyncio.create_task(liveness.run(), name="peer-liveness")
         stats = asyncio.create_task(
             _stats_loop(stats_path(cfg, name), snapshot, latest, publish_locally), name="stats"
         )
@@ -298,7 +334,7 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
                 raise SystemExit(3)
         finally:
             log.info("edge broker %s/%s shutting down", site.id, bcfg.id)
-            for task in (stats, link_task):
+            for task in (stats, link_task, liveness_task):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task

@@ -210,14 +210,16 @@ def to_toml(cfg: ClusterConfig) -> str:
         return scalar(v)
 
     lines = [f"run_dir = {scalar(data['run_dir'])}"]
-    for section in ("cloud", "bridge", "buffer"):
+    for section in [k for k, v in data.items() if isinstance(v, dict)]:
         body = data[section]
         lines.append(f"[{section}]")
         for k, v in body.items():
             lines.append(f"{k} = {inline(v)}")
     for site in data["sites"]:
         lines.append("[[sites]]")
-        lines.append(f"id = {scalar(site['id'])}")
+        for k, v in site.items():
+            if k != "brokers":
+                lines.append(f"{k} = {inline(v)}")
         for b in site["brokers"]:
             lines.append("[[sites.brokers]]")
             for k, v in b.items():
