@@ -3,6 +3,7 @@ owner while the owner answers, and admits it as a failover once the owner is dea
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -52,3 +53,17 @@ def test_refuse_policy_sends_devices_home_until_the_owner_dies(harness: Any) -> 
     wait_for(lambda: connack_code(a2.host, a2.port, cid) == 0, 30, "failover admitted once a1 is dead", interval=1)
     wait_for(lambda: "a1" not in h.edge_stats("plant-1/a2")["admission"]["alive_peers"], 10, "stats catch up")
     assert h.edge_stats("plant-1/a2")["admission"]["refused"] >= 1
+
+
+def test_every_edge_broker_serves_the_ring_document(harness: Any, collectors: Any) -> None:
+    """A plain-MQTT device reads edgemq/{site}/ring (retained) from any broker and can compute its owner."""
+    h: Harness = harness()
+    h.start_cloud()
+    h.start_site()
+    for b in h.cfg.sites[0].brokers:
+        sub = collectors(b.host, b.port, ["edgemq/plant-1/ring"])
+        wait_for(lambda sub=sub: sub.count() >= 1, 15, f"ring document at {b.id}")
+        doc = json.loads(sub.snapshot()[0].payload)
+        assert sub.snapshot()[0].retain
+        assert sorted(x["id"] for x in doc["brokers"]) == ["a1", "a2", "a3"]
+        assert {x["port"] for x in doc["brokers"]} == {x.port for x in h.cfg.sites[0].brokers}
