@@ -12,6 +12,14 @@ position restarts at 0: everything not yet acknowledged is re-sent from the
 oldest, in order (at-least-once; duplicates carry the same stable id). It wakes
 when the buffer commits something new, or on a ticker.
 
+Hot path: records are published through the paho client inside aiomqtt
+(``client._client``) with no task, future or timeout per message. One
+``on_publish`` dispatcher maps each PUBACK's packet id to its seq through the
+:class:`~bridge.inflight.InflightWindow` (other packet ids go on to aiomqtt);
+the seqs acknowledged during one event-loop turn go to ``store.ack`` together.
+One watchdog task breaks the link when the oldest unacknowledged publish has
+waited ``puback_timeout_s`` (30 s).
+
 Downlink: messages arriving on the downlink filters are injected into the local
 broker (``inject``), which never feeds them back to the uplink.
 
@@ -33,10 +41,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiomqtt
+from paho.mqtt.client import error_string as paho_error
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bridge.backoff import Backoff
+from bridge.inflight import InflightWindow
 from broker.config import BridgeConfig, CloudConfig
 from broker.errors import LinkBroken
 from broker.ratelog import RateLimitedLog
@@ -131,8 +141,14 @@ class Uplink:
         self.commands_down = 0
         self.last_error: str | None = None
         self._sent_high = 0
-        self._inflight = 0
         self._state_changed: Callable[[str], None] | None = None
+        #: A PUBACK not received within this long means the link is broken.
+        self.puback_timeout_s = PUBACK_TIMEOUT_S
+        self._window = InflightWindow(bridge.inflight)
+        self._acked: list[int] = []  # seqs PUBACKed during this loop turn
+        self._ack_flush_scheduled = False
+        self._room: asyncio.Future[None] | None = None  # set when a PUBACK frees the window
+        self._routes: dict[str, tuple[str, int]] = {}  # local topic -> (remote topic, qos)
 
     # ---- public ---------------------------------------------------------------------------
     def statistics(self) -> LinkStats:
@@ -143,7 +159,7 @@ class Uplink:
             disconnects=self.disconnects,
             forwarded=self.forwarded,
             resent=self.resent,
-            inflight=self._inflight,
+            inflight=len(self._window),
             commands_down=self.commands_down,
             last_error=self.last_error,
         )
@@ -232,6 +248,7 @@ class Uplink:
             # exception (not an ExceptionGroup) goes to run()'s reconnect logic.
             tasks = [
                 asyncio.create_task(self._forward(client), name=f"uplink-forward-{self.broker_id}"),
+                asyncio.create_task(self._watchdog(), name=f"uplink-watchdog-{self.broker_id}"),
                 asyncio.create_task(self._downlink(client), name=f"downlink-{self.broker_id}"),
             ]
             if self.stats is not None:
@@ -249,67 +266,100 @@ class Uplink:
             raise LinkBroken("link task ended without an error", recoverable=True)
 
     async def _forward(self, client: aiomqtt.Client) -> None:
+        paho = client._client  # the hot path bypasses aiomqtt's per-call machinery (aiomqtt 2.x)
+        aiomqtt_on_publish: Any = paho.on_publish
+
+        def on_publish(c: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+            seq = self._window.acked(mid)
+            if seq is None:  # one of aiomqtt's own publishes (state, stats)
+                if aiomqtt_on_publish is not None:
+                    aiomqtt_on_publish(c, userdata, mid, reason_code, properties)
+            else:
+                self._on_acked(seq)
+
+        paho.on_publish = on_publish
+        loop = asyncio.get_running_loop()
+        window = self._window
         position = 0
-        window = asyncio.Semaphore(self.bridge.inflight)
-        failures: asyncio.Queue[BaseException] = asyncio.Queue()
-        pending: set[asyncio.Task[None]] = set()
         rate = self.bridge.rate_limit
         next_slot = time.monotonic()
         try:
             while True:
-                if not failures.empty():
-                    raise failures.get_nowait()
                 batch = await self.store.read(position, self.bridge.inflight)
                 if not batch:
                     await self.store.wait_for_data(position, 1.0)
                     continue
                 for rec in batch:
-                    await window.acquire()
-                    if not failures.empty():
-                        window.release()
-                        raise failures.get_nowait()
+                    while window.full:
+                        self._room = loop.create_future()
+                        await self._room
                     if rate is not None:
                         now = time.monotonic()
                         if next_slot > now:
                             await asyncio.sleep(next_slot - now)
                         next_slot = max(next_slot, now) + 1.0 / rate
-                    task = asyncio.create_task(self._send(client, rec, window, failures))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
+                    self._publish(paho, rec)
                     position = rec.seq
         finally:
-            for task in pending:
-                task.cancel()
-            self._inflight = 0
+            paho.on_publish = aiomqtt_on_publish
+            window.clear()
+            self._room = None
 
-    async def _send(
-        self, client: aiomqtt.Client, rec: Any, window: asyncio.Semaphore, failures: asyncio.Queue[BaseException]
-    ) -> None:
-        self._inflight += 1
-        try:
+    def _publish(self, paho: Any, rec: Any) -> None:
+        """Hand one record to the connection and enter it in the window."""
+        route = self._routes.get(rec.topic)
+        if route is None:
             rule = self.uplink_map.rule_for_local(rec.topic)
-            remote = self.uplink_map.to_remote(rule, rec.topic) if rule else rec.topic
-            qos = rule.qos if rule else 1
-            props = None
-            if self.cloud.protocol == "5":
-                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho is untyped
-                props.UserProperty = ("edgemq-id", self.message_id(rec.seq))
-            if rec.seq <= self._sent_high:
-                self.resent += 1
-            else:
-                self._sent_high = rec.seq
-            await client.publish(
-                remote, rec.payload, qos=qos, retain=bool(rec.retain), properties=props, timeout=PUBACK_TIMEOUT_S
-            )
-            self.store.ack([rec.seq])
-            self.forwarded += 1
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a failed publish means the connection is unusable
-            failures.put_nowait(LinkBroken(f"publish failed: {exc}", recoverable=True))
-        finally:
-            self._inflight -= 1
-            window.release()
+            route = (self.uplink_map.to_remote(rule, rec.topic), rule.qos) if rule else (rec.topic, 1)
+            if len(self._routes) >= 10_000:  # device topics are many but bounded; keep the cache so
+                self._routes.clear()
+            self._routes[rec.topic] = route
+        remote, qos = route
+        props = None
+        if self.cloud.protocol == "5":
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho is untyped
+            props.UserProperty = ("edgemq-id", self.message_id(rec.seq))
+        if rec.seq <= self._sent_high:
+            self.resent += 1
+        else:
+            self._sent_high = rec.seq
+        try:
+            info = paho.publish(remote, rec.payload, qos, bool(rec.retain), props)
+        except Exception as exc:  # paho raises ValueError & co. for what it cannot send
+            raise LinkBroken(f"publish failed: {exc}", recoverable=True) from exc
+        if info.rc != 0:
+            raise LinkBroken(f"publish failed: {paho_error(info.rc)}", recoverable=True)
+        if info.is_published():  # QoS 0 written out already: nothing to wait for
+            self._on_acked(rec.seq)
+        else:
+            self._window.sent(info.mid, rec.seq, time.monotonic())
+
+    def _on_acked(self, seq: int) -> None:
+        """A PUBACK for ``seq`` (on the loop): gather it, flush once per loop turn."""
+        self._acked.append(seq)
+        if not self._ack_flush_scheduled:
+            self._ack_flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        self._ack_flush_scheduled = False
+        seqs, self._acked = self._acked, []
+        if seqs:
+            self.store.ack(seqs)  # rows are deleted only now, after their upstream PUBACK
+            self.forwarded += len(seqs)
+        room = self._room
+        if room is not None and not room.done() and not self._window.full:
+            room.set_result(None)
+
+    async def _watchdog(self) -> None:
+        """Break the link when the oldest publish has waited longer than ``puback_timeout_s``."""
+        period = min(1.0, self.puback_timeout_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            if self._window.overdue(time.monotonic(), self.puback_timeout_s):
+                raise LinkBroken(
+                    f"no PUBACK for {self.puback_timeout_s:g} s ({len(self._window)} in flight)", recoverable=True
+                )
 
     async def _downlink(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
