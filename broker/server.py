@@ -380,6 +380,11 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
             return
         log.info("client %s connected again: closing its previous connection (session takeover)", client_id)
         done = self._loop_done.get(client_id)
+        # Abort the old transport too: a reader of the old connection can be left waiting on
+        # its socket (seen under load: its loop then never ends and the newcomer waits).
+        transport = getattr(getattr(handler.writer, "_writer", None), "transport", None)
+        if transport is not None:
+            transport.abort()
         await handler.handle_connection_closed()
         if done is not None:
             try:
