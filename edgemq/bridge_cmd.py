@@ -26,10 +26,9 @@ import typer
 
 from bridge.link import Uplink
 from bridge.local_source import LocalSource
-from bridge.store import Store
 from broker.config import ClusterConfig, load
 from broker.topics import TopicMap
-from edgemq.node import buffer_path, component_name, stats_path
+from edgemq.node import buffer_path, component_name, open_store, stats_path
 
 __all__ = ["bridge", "run_bridge"]
 
@@ -50,16 +49,8 @@ async def run_bridge(cfg: ClusterConfig, ref: str, local_host: str, local_port: 
     site, bcfg = cfg.locate(ref)
     name = component_name(site.id, bcfg.id)
     path = buffer_path(cfg, site.id, bcfg.id)
-    bufcfg = cfg.buffer
     started = time.time()
-    async with Store.open(
-        path,
-        max_messages=bufcfg.max_messages,
-        max_bytes=bufcfg.max_bytes,
-        ttl_s=bufcfg.ttl_s,
-        durability=bufcfg.durability,
-        commit_interval_s=bufcfg.commit_interval_s,
-    ) as store:
+    async with open_store(cfg, path) as store:
         uplink_map = TopicMap.build(cfg.bridge.uplink, site.id)
         async with LocalSource(
             host=local_host, port=local_port, site=site.id, broker_id=bcfg.id, uplink_map=uplink_map, store=store

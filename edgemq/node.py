@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.link import Uplink, stats_topic
+from bridge.store import Store
 from bridge.tap import BufferTap
 from broker.config import ClusterConfig, SiteConfig
 from broker.limits import LIMITS_ENV, BrokerLimits
@@ -195,6 +196,22 @@ def _broker_snapshot(broker: EdgeBroker, name: str, address: str, started: float
     }
 
 
+def open_store(cfg: ClusterConfig, path: Path) -> Store:
+    """The store-and-forward buffer at ``path`` with every [buffer] setting of the cluster file
+    (the edge node and the standalone bridge open it the same way)."""
+    b = cfg.buffer
+    return Store.open(
+        path,
+        max_messages=b.max_messages,
+        max_bytes=b.max_bytes,
+        ttl_s=b.ttl_s,
+        durability=b.durability,
+        commit_interval_s=b.commit_interval_s,
+        expire_interval_s=b.expire_interval_s,
+        min_free_bytes=b.min_free_bytes,
+    )
+
+
 def broker_limits(cfg: ClusterConfig) -> BrokerLimits:
     """The cluster file's [limits], overridden field by field by $EDGEMQ_BROKER_LIMITS (JSON) if set."""
     base = BrokerLimits(**cfg.limits.model_dump())
@@ -247,23 +264,13 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
     the site sees the backlog grow while the uplink is down. ``metrics_port`` as in run_cloud.
     """
     from bridge.buffer import Record
-    from bridge.store import Store
 
     site, bcfg = cfg.locate(f"{site_id}/{broker_id}")
     name = component_name(site.id, bcfg.id)
     path = buffer_path(cfg, site.id, bcfg.id)
     path.parent.mkdir(parents=True, exist_ok=True)
     bufcfg = cfg.buffer
-    async with Store.open(
-        path,
-        max_messages=bufcfg.max_messages,
-        max_bytes=bufcfg.max_bytes,
-        ttl_s=bufcfg.ttl_s,
-        durability=bufcfg.durability,
-        commit_interval_s=bufcfg.commit_interval_s,
-        expire_interval_s=bufcfg.expire_interval_s,
-        min_free_bytes=bufcfg.min_free_bytes,
-    ) as store:
+    async with open_store(cfg, path) as store:
         tap = BufferTap(TopicMap.build(cfg.bridge.uplink, site.id), store, Record, durability=bufcfg.durability)
         config = amqtt_config(bcfg.host, bcfg.port)
         config["listeners"] = broker_listeners(cfg.security.tls, bcfg)
