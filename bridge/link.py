@@ -103,6 +103,7 @@ class LinkStats:
     inflight: int
     commands_down: int
     last_error: str | None
+    refused_upstream: int = 0
 
 
 class Uplink:
@@ -139,6 +140,7 @@ class Uplink:
         self.forwarded = 0
         self.resent = 0
         self.commands_down = 0
+        self.refused_upstream = 0
         self.last_error: str | None = None
         self._sent_high = 0
         self._state_changed: Callable[[str], None] | None = None
@@ -162,6 +164,7 @@ class Uplink:
             inflight=len(self._window),
             commands_down=self.commands_down,
             last_error=self.last_error,
+            refused_upstream=self.refused_upstream,
         )
 
     def message_id(self, seq: int) -> str:
@@ -275,6 +278,16 @@ class Uplink:
                 if aiomqtt_on_publish is not None:
                     aiomqtt_on_publish(c, userdata, mid, reason_code, properties)
             else:
+                if getattr(reason_code, "is_failure", False):
+                    # MQTT 5: the cloud answered but refused the message (e.g. 0x87 not
+                    # authorized). Retrying would block the whole backlog behind it, so the
+                    # row is released like any acknowledged one, and the refusal is counted
+                    # and logged: never silent.
+                    self.refused_upstream += 1
+                    self._ratelog.warning(
+                        "refused-upstream", "uplink %s/%s: the cloud refused %s: %s",
+                        self.site, self.broker_id, self.message_id(seq), reason_code,
+                    )
                 self._on_acked(seq)
 
         paho.on_publish = on_publish

@@ -175,3 +175,27 @@ def test_a_refused_publish_breaks_the_link() -> None:
             await up._forward(client)  # type: ignore[arg-type]
 
     asyncio.run(asyncio.wait_for(main(), 10))
+
+
+def test_an_mqtt5_refusal_is_counted_not_retried_forever() -> None:
+    """A PUBACK with a failure reason code (MQTT 5) releases the row and is counted."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    async def main() -> None:
+        store = FakeStore(2)
+        up = make(store, inflight=10)
+        client = FakeClient()
+        paho = client._client
+        fwd = asyncio.create_task(up._forward(client))  # type: ignore[arg-type]
+        await settle()
+        paho.on_publish(paho, None, 1, ReasonCode(PacketTypes.PUBACK, "Not authorized"), None)
+        paho.on_publish(paho, None, 2, ReasonCode(PacketTypes.PUBACK, "Success"), None)
+        await settle()
+        assert store.rows == {}  # no head-of-line block behind the refused message
+        stats = up.statistics()
+        assert stats.refused_upstream == 1 and stats.forwarded == 2
+        fwd.cancel()
+        await asyncio.gather(fwd, return_exceptions=True)
+
+    asyncio.run(asyncio.wait_for(main(), 10))
