@@ -220,7 +220,9 @@ def test_outage_with_mosquitto_cloud_mqtt5_ids(harness: Any, collectors: Any, mo
         proxy.cut()
         n = fleet.acked()
         wait_for(lambda: fleet.acked() > n + 300, 60, "devices acknowledged while the uplink is down")
-        time.sleep(2)  # let the link notice and back off
+        # Restore only once every link has noticed the cut (so the drain really is a reconnect).
+        wait_for(lambda: all((h.edge_stats(f"plant-1/{b.id}").get("uplink") or {}).get("state") != "connected"
+                             for b in h.cfg.sites[0].brokers), 60, "links down")
         proxy.restore()
         result = fleet.join(240)
         assert result.stats.acked == 20 * 60
