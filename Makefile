@@ -9,7 +9,7 @@ CONFIG ?= cluster.toml
 DEVICES ?= 0
 RATE ?= 1
 
-.PHONY: venv test test-all lint cluster-up cluster-down cluster-status bench bench-ring bench-compare bench-quick bench-profile clean
+.PHONY: venv test test-all lint cluster-up cluster-down cluster-status bench bench-ring bench-buffer bench-compare bench-quick bench-profile clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,7 +63,16 @@ bench-profile: $(STAMP)
 	$(PY) benchmarks/profile_edge.py
 
 ## bench: every benchmark; results and method in BENCHMARKS.md
-bench: bench-ring bench-compare
+bench: bench-ring bench-buffer bench-compare
+
+## bench-buffer: the SQLite buffer alone per durability mode (section in BENCHMARKS.md, results/buffer.json)
+bench-buffer: $(STAMP)
+	$(PY) benchmarks/buffer_bench.py --report
+
+## simulate-capacity: 100 sites x 10,000 devices by model, from the figures in benchmarks/results/
+.PHONY: simulate-capacity
+simulate-capacity: $(STAMP)
+	$(PY) -m simulations.capacity $(SIM_ARGS)
 
 clean:
 	rm -rf run build *.egg-info
@@ -77,3 +86,8 @@ fuzz: $(STAMP)
 .PHONY: simulate-failover
 simulate-failover: $(STAMP)
 	$(PY) -m simulations.failover
+
+## simulate-outage: cut a site's uplink for 3 min under 1,000 devices; depth/age plot + loss count in simulations/out/
+.PHONY: simulate-outage
+simulate-outage: $(STAMP)
+	$(PY) -m simulations.outage $(SIM_ARGS)

@@ -35,6 +35,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from mdsection import replace_section  # noqa: E402
+
 from broker.ring import Ring  # noqa: E402
 
 BEGIN = "<!-- ring:begin -->"
@@ -265,14 +267,8 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def update_markdown(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# edgemq benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + section.rstrip("\n") + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    inner = section.strip().removeprefix(BEGIN).removesuffix(END)
+    replace_section("ring", inner, path)
 
 
 def run(n_keys: int) -> dict[str, Any]:

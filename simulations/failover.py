@@ -18,29 +18,20 @@ import argparse
 import asyncio
 import json
 import logging
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from broker.config import ClusterConfig
 from broker.probe import wait_until_answers
 from devices.fleet import Ack, FleetConfig, FleetStats, Move, run_fleet
 from devices.placement import preference
+from simulations.common import OUT, CloudCounter, Procs, cluster_toml, free_port
 
-OUT = Path(__file__).resolve().parent / "out"
 log = logging.getLogger("simulations.failover")
 
 
@@ -54,99 +45,6 @@ class Scenario:
     after_s: float = 20.0  # after the restart
     hold_down_s: float = 5.0
     probe_interval_s: float = 1.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cluster_toml(run_dir: Path, cloud_port: int, ports: list[int]) -> str:
-    lines = [
-        f'run_dir = "{run_dir}"',
-        "[cloud]",
-        'host = "127.0.0.1"',
-        f"port = {cloud_port}",
-        "[bridge]",
-        "reconnect_min_s = 0.2",
-        "reconnect_max_s = 2.0",
-        "[[sites]]",
-        'id = "plant-1"',
-    ]
-    for i, port in enumerate(ports):
-        lines += ["[[sites.brokers]]", f'id = "a{i + 1}"', 'host = "127.0.0.1"', f"port = {port}"]
-    return "\n".join(lines) + "\n"
-
-
-@dataclass
-class Procs:
-    """The cluster's processes; killed and stopped by name."""
-
-    tmp: Path
-    config: Path
-    running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def start(self, name: str, args: list[str]) -> None:
-        logf = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
-        self.running[name] = subprocess.Popen(
-            [sys.executable, "-m", "edgemq", "broker", *args, "--config", str(self.config)],
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            cwd=self.tmp,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        logf.close()
-
-    def kill(self, name: str) -> None:
-        proc = self.running.pop(name)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-
-    def stop_all(self) -> None:
-        for proc in self.running.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.running.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.running.clear()
-
-
-class CloudCounter:
-    """A paho subscriber at the cloud: which (topic, payload) arrived, how often."""
-
-    def __init__(self, port: int) -> None:
-        self.got: Counter[tuple[str, bytes]] = Counter()
-        self._lock = threading.Lock()
-        ready = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sim-cloud-{os.getpid()}")
-        self.client.on_connect = lambda c, *_: c.subscribe("telemetry/#", qos=1)
-        self.client.on_subscribe = lambda *_: ready.set()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        if not ready.wait(15):
-            raise RuntimeError("cloud subscriber could not subscribe")
-
-    def _on_message(self, client: object, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            self.got[(msg.topic, bytes(msg.payload))] += 1
-
-    def missing(self, acks: list[Ack]) -> int:
-        with self._lock:
-            return sum(((Counter((a.topic, a.payload) for a in acks)) - self.got).values())
-
-    def total(self) -> int:
-        with self._lock:
-            return sum(self.got.values())
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 async def _scenario(sc: Scenario, procs: Procs, cluster: ClusterConfig, victim: str) -> dict[str, float]:
@@ -172,9 +70,9 @@ def run(sc: Scenario) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgemq-sim-") as tmpdir:
         tmp = Path(tmpdir)
-        cloud_port, ports = _free_port(), [_free_port() for _ in range(3)]
+        cloud_port, ports = free_port(), [free_port() for _ in range(3)]
         config = tmp / "cluster.toml"
-        config.write_text(_cluster_toml(tmp / "run", cloud_port, ports))
+        config.write_text(cluster_toml(tmp / "run", cloud_port, ports))
         from broker.config import load
 
         cluster = load(config)
