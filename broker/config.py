@@ -35,6 +35,11 @@ __all__ = [
 ]
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+# A metrics endpoint's port: unset = derived (MQTT or HTTP port + 1000), 0 = any free port, -1 = off.
+MetricsPort = Annotated[int, Field(ge=-1, le=65535)]
+METRICS_PORT_HELP = (
+    "HTTP port of this process's Prometheus /metrics; unset: its MQTT port + 1000; 0: any free port; -1: off."
+)
 Ident = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 
@@ -67,6 +72,7 @@ class CloudConfig(_Model):
     )
     tls: TlsConfig | None = Field(None, description="TLS settings for the uplink; plaintext if unset.")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive of the uplink connection.")
+    metrics_port: MetricsPort | None = Field(None, description="Embedded cloud broker only. " + METRICS_PORT_HELP)
 
 
 class BrokerConfig(_Model):
@@ -79,6 +85,7 @@ class BrokerConfig(_Model):
     tls_port: Port | None = Field(
         None, description="MQTT-over-TLS port of this broker (needed when [security.tls] is set)."
     )
+    metrics_port: MetricsPort | None = Field(None, description=METRICS_PORT_HELP)
 
     @field_validator("weight")
     @classmethod
@@ -312,6 +319,15 @@ class LimitsConfig(_Model):
     max_topic_levels: int = Field(128, gt=0, description="Most '/'-separated levels in a topic.")
 
 
+class DashboardConfig(_Model):
+    """The web dashboard that `make cluster-up` starts (`edgemq dashboard`)."""
+
+    port: Port | None = Field(None, description="HTTP port of the dashboard; unset: the cloud's MQTT port + 50.")
+    metrics_port: MetricsPort | None = Field(
+        None, description="The dashboard's Prometheus /metrics port; unset: its HTTP port + 1000; -1: off."
+    )
+
+
 class ClusterConfig(_Model):
     """The whole cluster file."""
 
@@ -324,6 +340,11 @@ class ClusterConfig(_Model):
         default_factory=SecurityConfig, description="Authentication, access control and TLS listeners."
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Per-broker limits on client input.")
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig, description="The web dashboard.")
+
+    def dashboard_port(self) -> int:
+        """The dashboard's HTTP port: the file's, else the cloud's MQTT port + 50 (18880 by default)."""
+        return self.dashboard.port if self.dashboard.port is not None else self.cloud.port + 50
 
     @model_validator(mode="after")
     def _unique(self) -> ClusterConfig:
@@ -331,13 +352,15 @@ class ClusterConfig(_Model):
         endpoints: dict[tuple[str, int], str] = {}
         if self.cloud.embedded:
             endpoints[(self.cloud.host, self.cloud.port)] = "cloud"
+            if self.cloud.metrics_port is not None and self.cloud.metrics_port > 0:
+                endpoints[(self.cloud.host, self.cloud.metrics_port)] = "cloud metrics"
         for s in self.sites:
             if s.id in site_ids:
                 raise ValueError(f"duplicate site id {s.id!r}")
             site_ids.add(s.id)
             for b in s.brokers:
-                for port in (b.port, b.tls_port):
-                    if port is None:
+                for port in (b.port, b.tls_port, b.metrics_port):
+                    if port is None or port <= 0:
                         continue
                     key = (b.host, port)
                     if key in endpoints:

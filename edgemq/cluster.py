@@ -35,7 +35,6 @@ from edgemq.node import component_name, stats_path
 __all__ = ["ClusterRunner", "Component", "default_dashboard_port"]
 
 START_DEADLINE_S = 45.0
-DASHBOARD_PORT_OFFSET = 50  # cloud 18830 -> dashboard 18880
 # Started by up() once every broker answers, not by supervisord at once.
 LATE_KINDS = ("devices", "dashboard")
 
@@ -43,9 +42,9 @@ Step = Callable[[int, int, str], None]
 
 
 def default_dashboard_port(cfg: ClusterConfig) -> int:
-    """$EDGEMQ_DASHBOARD_PORT, else the cloud's MQTT port + 50 (18880 for the default cluster file)."""
+    """$EDGEMQ_DASHBOARD_PORT, else [dashboard] port, else the cloud's MQTT port + 50 (18880 by default)."""
     env = os.environ.get("EDGEMQ_DASHBOARD_PORT")
-    return int(env) if env else cfg.cloud.port + DASHBOARD_PORT_OFFSET
+    return int(env) if env else cfg.dashboard_port()
 
 
 def _http_answers(host: str, port: int, timeout: float = 1.0) -> bool:

@@ -57,13 +57,21 @@ LINK_STATES = ("starting", "connecting", "connected", "backoff", "closed")
 Snapshot = Mapping[str, Any]
 
 
-def metrics_port(mqtt_port: int, env: Mapping[str, str] | None = None) -> int | None:
-    """The metrics port of a process whose MQTT port is ``mqtt_port``; None if disabled."""
+def metrics_port(
+    mqtt_port: int, env: Mapping[str, str] | None = None, configured: int | None = None
+) -> int | None:
+    """The metrics port of a process whose MQTT port is ``mqtt_port``; None if disabled.
+
+    ``$EDGEMQ_METRICS_PORT`` wins (an operator's override at start-up), then the cluster
+    file's ``metrics_port`` (``configured``: 0 any free port, -1 off), then MQTT port + 1000.
+    """
     raw = (os.environ if env is None else env).get(ENV_PORT, "").strip().lower()
     if raw in ("off", "none", "disabled"):
         return None
     if raw:
         return int(raw)
+    if configured is not None:
+        return None if configured < 0 else configured
     port = mqtt_port + METRICS_PORT_OFFSET
     return port if port <= 65535 else 0
 

@@ -109,10 +109,13 @@ async def _stats_loop(
         await asyncio.sleep(STATS_INTERVAL_S)
 
 
-def _start_metrics(mqtt_port: int, port: int | None, latest: LatestSnapshot) -> metrics.MetricsServer | None:
-    """The process's metrics endpoint (``port`` None: derived from the MQTT port or EDGEMQ_METRICS_PORT)."""
+def _start_metrics(
+    mqtt_port: int, port: int | None, latest: LatestSnapshot, configured: int | None = None
+) -> metrics.MetricsServer | None:
+    """The process's metrics endpoint (``port`` from the command line; None: EDGEMQ_METRICS_PORT,
+    else the cluster file's ``configured`` port, else derived from the MQTT port)."""
     try:
-        chosen = metrics.metrics_port(mqtt_port) if port is None else port
+        chosen = metrics.metrics_port(mqtt_port, configured=configured) if port is None else port
     except ValueError as exc:
         log.warning("bad %s (%s): metrics disabled", metrics.ENV_PORT, exc)
         return None
@@ -237,7 +240,7 @@ async def run_cloud(cfg: ClusterConfig, *, metrics_port: int | None = None) -> N
     started = time.time()
     log.info("cloud broker listening on %s:%s", host, port)
     latest = LatestSnapshot()
-    server = _start_metrics(port, metrics_port, latest)
+    server = _start_metrics(port, metrics_port, latest, cfg.cloud.metrics_port)
 
     def snapshot() -> dict[str, Any]:
         data = _broker_snapshot(broker, name, f"{host}:{port}", started)
@@ -290,7 +293,7 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
         started = time.time()
         log.info("edge broker %s/%s listening on %s:%s, buffer %s", site.id, bcfg.id, bcfg.host, bcfg.port, path)
         latest = LatestSnapshot()
-        server = _start_metrics(bcfg.port, metrics_port, latest)
+        server = _start_metrics(bcfg.port, metrics_port, latest, bcfg.metrics_port)
         ownership = _Ownership(site, bcfg.id)
         local_stats = stats_topic(site.id, bcfg.id)
 

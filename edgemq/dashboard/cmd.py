@@ -19,7 +19,8 @@ def dashboard(
     config: Annotated[Path, typer.Option("--config", "-c", help="The cluster file (TOML).")] = Path("cluster.toml"),
     host: Annotated[str, typer.Option(help="Address the web server listens on.")] = "127.0.0.1",
     port: Annotated[
-        int | None, typer.Option(help="HTTP port (default: $EDGEMQ_DASHBOARD_PORT, else 18880).")
+        int | None, typer.Option(help="HTTP port (default: $EDGEMQ_DASHBOARD_PORT, else the cluster file's "
+                                "[dashboard] port, else the cloud port + 50).")
     ] = None,
     telemetry: Annotated[str, typer.Option(help="Telemetry filter subscribed at the cloud.")] = "telemetry/#",
     tail: Annotated[
@@ -30,7 +31,8 @@ def dashboard(
     ] = True,
     cloud_port: Annotated[int | None, typer.Option(help="Cloud MQTT port, if not the cluster file's.")] = None,
     metrics_port: Annotated[
-        int | None, typer.Option(help="Prometheus port (default: HTTP port + 1000; 0 any free; -1 off).")
+        int | None, typer.Option(help="Prometheus port (default: [dashboard] metrics_port, else HTTP port + 1000; "
+                                "0 any free; -1 off).")
     ] = None,
     log_level: str = "INFO",
 ) -> None:

@@ -32,11 +32,15 @@ DEFAULT_PORT = 18880
 ENV_PORT = "EDGEMQ_DASHBOARD_PORT"
 
 
-def dashboard_port(explicit: int | None = None) -> int:
-    """The dashboard's HTTP port: explicit, else $EDGEMQ_DASHBOARD_PORT, else 18880."""
+def dashboard_port(explicit: int | None = None, cfg: ClusterConfig | None = None) -> int:
+    """The dashboard's HTTP port: explicit, else $EDGEMQ_DASHBOARD_PORT, else the cluster file's
+    (``[dashboard] port``, or the cloud's MQTT port + 50), else 18880."""
     if explicit is not None:
         return explicit
-    return int(os.environ.get(ENV_PORT) or DEFAULT_PORT)
+    env = os.environ.get(ENV_PORT)
+    if env:
+        return int(env)
+    return cfg.dashboard_port() if cfg is not None else DEFAULT_PORT
 
 
 def owner_function(cfg: ClusterConfig) -> Any:
@@ -67,7 +71,7 @@ async def run_dashboard(
     metrics_port: int | None = None,
 ) -> None:
     """Serve the dashboard until SIGTERM/SIGINT."""
-    http_port = dashboard_port(port)
+    http_port = dashboard_port(port, cfg)
     agg = Aggregator(
         [(s.id, b.id) for s in cfg.sites for b in s.brokers],
         owner=owner_function(cfg),
@@ -83,7 +87,8 @@ async def run_dashboard(
         timeout_graceful_shutdown=2,
     ))
     latest = LatestSnapshot()
-    chosen = metrics.metrics_port(http_port) if metrics_port is None else metrics_port
+    chosen = (metrics.metrics_port(http_port, configured=cfg.dashboard.metrics_port)
+              if metrics_port is None else metrics_port)
     mserver = metrics.serve(latest, chosen) if chosen is not None and chosen >= 0 else None
     started = time.time()
     url = f"http://{host}:{http_port}/"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import Harness, wait_for
+from tests.integration.conftest import Harness, free_port, wait_for
 from tests.integration.test_store_and_forward import FleetThread, fleet_cfg, setup_proxied
 
 pytestmark = [pytest.mark.timeout(300)]
@@ -93,3 +93,21 @@ def test_every_component_serves_metrics_that_follow_traffic_and_outage(harness: 
         assert all(value(after[c], "edgemq_buffer_peak_depth_messages") > 0 for c in edges)
     finally:
         proxy.close()
+
+
+def test_the_metrics_ports_come_from_the_cluster_file(harness: Any) -> None:
+    edge_port, cloud_port = free_port(), free_port()
+    h = harness(brokers=1)
+    site = h.cfg.sites[0]
+    brokers = [site.brokers[0].model_copy(update={"metrics_port": edge_port})]
+    h.cfg = h.cfg.model_copy(update={
+        "cloud": h.cfg.cloud.model_copy(update={"metrics_port": cloud_port}),
+        "sites": [site.model_copy(update={"brokers": brokers})],
+    })
+    h.write_config()
+    h.start_cloud()
+    h.start_edge("plant-1/a1")
+    wait_for(lambda: metrics_url(h, "plant-1.a1") and metrics_url(h, "cloud"), 30, "both report their URL")
+    assert metrics_url(h, "plant-1.a1") == f"http://127.0.0.1:{edge_port}/metrics"
+    assert metrics_url(h, "cloud") == f"http://127.0.0.1:{cloud_port}/metrics"
+    assert value(scrape(f"http://127.0.0.1:{edge_port}/metrics"), "edgemq_component_info") == 1

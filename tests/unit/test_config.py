@@ -67,6 +67,19 @@ def test_port_clashes_with_embedded_cloud() -> None:
     assert "already used by cloud" in msg
 
 
+def test_metrics_port_clashing_with_a_broker_port_is_named() -> None:
+    msg = _error(MINIMAL + 'metrics_port = 20002\n[[sites.brokers]]\nid = "a2"\nport = 20002\n')
+    assert "port 20002" in msg and "plant-1/a1" in msg
+
+
+def test_ports_of_metrics_and_dashboard_come_from_the_file() -> None:
+    cfg = loads(MINIMAL + "metrics_port = 9201\n[cloud]\nmetrics_port = -1\n[dashboard]\nport = 8080\n")
+    assert cfg.sites[0].brokers[0].metrics_port == 9201
+    assert cfg.cloud.metrics_port == -1
+    assert cfg.dashboard_port() == 8080
+    assert loads(MINIMAL).dashboard_port() == 18830 + 50
+
+
 def test_duplicate_site() -> None:
     text = MINIMAL + MINIMAL.replace("20001", "20002")
     assert "duplicate site id 'plant-1'" in _error(text)

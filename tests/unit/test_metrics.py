@@ -77,3 +77,11 @@ def test_every_metric_is_documented() -> None:
     emitted = {fam.name + ("_total" if fam.type == "counter" else "") for fam in text_string_to_metric_families(text)}
     missing = sorted(emitted - documented)
     assert not missing, f"metrics missing from docs/metrics.md: {missing}"
+
+
+def test_the_cluster_file_port_is_used_unless_the_environment_overrides_it() -> None:
+    assert metrics_port(18831, {}, configured=9200) == 9200
+    assert metrics_port(18831, {}, configured=0) == 0
+    assert metrics_port(18831, {}, configured=-1) is None
+    assert metrics_port(18831, {"EDGEMQ_METRICS_PORT": "9100"}, configured=9200) == 9100
+    assert metrics_port(18831, {"EDGEMQ_METRICS_PORT": "off"}, configured=9200) is None
