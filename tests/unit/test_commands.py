@@ -1,0 +1,134 @@
+"""The downlink command queue (real SQLite files) and the router's decisions."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bridge.commands import CommandQueue
+from bridge.downlink import DownlinkRouter, command_device
+from broker.errors import StoreError
+from broker.ownership import Route
+
+
+def test_commands_wait_in_order_and_survive_reopen(tmp_path: Path) -> None:
+    q = CommandQueue.open(tmp_path / "c.sqlite3")
+    a = q.put("d1", "commands/p/d1/a", b"1", 1, False, now=100.0, ttl_s=60)
+    q.put("d2", "commands/p/d2/a", b"x", 1, False, now=100.0, ttl_s=60)
+    b = q.put("d1", "commands/p/d1/b", b"2", 1, False, now=101.0, ttl_s=60)
+    q.close()
+    q = CommandQueue.open(tmp_path / "c.sqlite3")
+    got = q.pending("d1", now=102.0)
+    assert [(c.seq, c.payload) for c in got] == [(a, b"1"), (b, b"2")]
+    assert q.delivered([a, b]) == 2
+    assert q.pending("d1", now=102.0) == []
+    s = q.statistics(now=102.0)
+    assert (s.depth, s.queued, s.delivered, s.expired, s.overflow) == (1, 3, 2, 0, 0)
+    assert s.queued == s.delivered + s.expired + s.overflow + s.depth
+
+
+def test_expired_commands_are_never_handed_over_and_are_counted(tmp_path: Path) -> None:
+    q = CommandQueue.open(tmp_path / "c.sqlite3")
+    q.put("d1", "commands/p/d1/a", b"old", 1, False, now=100.0, ttl_s=10)
+    q.put("d1", "commands/p/d1/b", b"new", 1, False, now=105.0, ttl_s=10)
+    assert [c.payload for c in q.pending("d1", now=111.0)] == [b"new"]  # skipped before expire() runs
+    assert q.expire(now=111.0) == 1
+    s = q.statistics(now=111.0)
+    assert (s.depth, s.expired) == (1, 1)
+    assert s.queued == s.delivered + s.expired + s.overflow + s.depth
+
+
+def test_a_full_queue_drops_the_oldest_and_counts_it(tmp_path: Path) -> None:
+    q = CommandQueue.open(tmp_path / "c.sqlite3", max_commands=2)
+    for i in range(5):
+        q.put("d1", f"commands/p/d1/{i}", str(i).encode(), 1, False, now=100.0 + i, ttl_s=60)
+    assert [c.payload for c in q.pending("d1", now=110.0)] == [b"3", b"4"]
+    s = q.statistics(now=110.0)
+    assert (s.depth, s.overflow, s.queued) == (2, 3, 5)
+
+
+def test_seqs_are_never_reused(tmp_path: Path) -> None:
+    q = CommandQueue.open(tmp_path / "c.sqlite3")
+    a = q.put("d1", "commands/p/d1/a", b"1", 1, False, now=1.0, ttl_s=60)
+    q.delivered([a])
+    b = q.put("d1", "commands/p/d1/a", b"2", 1, False, now=2.0, ttl_s=60)
+    assert b > a
+    assert q.delivered([a]) == 0  # a stale seq deletes nothing
+    assert [c.payload for c in q.pending("d1", now=3.0)] == [b"2"]
+
+
+def test_someone_elses_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE foo (x)")
+    with pytest.raises(StoreError, match="not an edgemq command queue"):
+        CommandQueue.open(path)
+
+
+def test_command_device() -> None:
+    assert command_device("p", "commands/p/d1/reboot") == "d1"
+    assert command_device("p", "commands/p/d1/a/b") == "d1"
+    assert command_device("p", "commands/p/d1") is None
+    assert command_device("p", "commands/q/d1/x") is None
+    assert command_device("p", "telemetry/p/d1/x") is None
+
+
+class Broker:
+    """What the router sees of a broker: who is subscribed, and what was injected."""
+
+    def __init__(self) -> None:
+        self.ready: set[str] = set()
+        self.got: list[tuple[str, bytes]] = []
+
+    async def inject(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        self.got.append((topic, payload))
+
+
+def router(tmp_path: Path, broker: Broker, route: Route, clock: list[float]) -> DownlinkRouter:
+    return DownlinkRouter(site="p", queue=CommandQueue.open(tmp_path / "c.sqlite3"), inject=broker.inject,
+                          route=lambda device: route, ready=lambda device, topic: device in broker.ready,
+                          ttl_s=30, clock=lambda: clock[0])
+
+
+def test_router_delivers_queues_drops_and_flushes_in_order(tmp_path: Path) -> None:
+    async def main() -> None:
+        b, clock = Broker(), [1000.0]
+        r = router(tmp_path, b, Route.QUEUE, clock)
+        await r.offer("commands/p/d1/a", b"1", 1, False)  # offline: waits
+        await r.offer("commands/p/d1/b", b"2", 1, False)
+        await r.offer("commands/p/d1/c", b"q0", 0, False)  # QoS 0 to an offline device: not kept
+        assert b.got == []
+        b.ready.add("d1")
+        await r.offer("commands/p/d1/d", b"3", 1, False)  # ready, but older ones wait: goes after them
+        assert b.got == [("commands/p/d1/a", b"1"), ("commands/p/d1/b", b"2"), ("commands/p/d1/d", b"3")]
+        await r.offer("commands/p/d1/e", b"4", 1, False)  # nothing waiting: straight through
+        assert b.got[-1] == ("commands/p/d1/e", b"4")
+        assert r.statistics()["depth"] == 0
+        assert r.counts["qos0_offline"] == 1
+        drop = router(tmp_path / "x", Broker(), Route.DROP, clock)
+        await drop.offer("commands/p/d1/a", b"1", 1, False)
+        assert drop.counts["not_mine"] == 1 and drop.statistics()["depth"] == 0
+
+    (tmp_path / "x").mkdir()
+    asyncio.run(main())
+
+
+def test_router_never_fires_an_expired_command(tmp_path: Path) -> None:
+    async def main() -> None:
+        b, clock = Broker(), [1000.0]
+        r = router(tmp_path, b, Route.QUEUE, clock)
+        await r.offer("commands/p/d1/a", b"stale", 1, False)
+        clock[0] += 31  # past the 30 s time-to-live
+        await r.offer("commands/p/d1/b", b"fresh", 1, False)
+        b.ready.add("d1")
+        assert await r.flush("d1") == 1
+        assert b.got == [("commands/p/d1/b", b"fresh")]
+        task = asyncio.create_task(r.run_expiry(0.01))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        assert r.statistics()["expired"] == 1
+
+    asyncio.run(main())
