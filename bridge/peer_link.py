@@ -8,6 +8,9 @@ What it does (docs/site.md):
 * **pulls** the peer's control topics (its state, interest and presence records,
   ``broker.membership.control_filters``), retained, and hands each to ``on_control``
   on the event loop;
+* **pushes** this broker's state document once per connection (``hello``), so a
+  peer whose cluster file does not list this broker yet learns its address and links
+  back (a broker added to a running site);
 * carries a **will** on ``edgemq/{site}/{me}/state`` saying offline, so the peer's
   copy of this broker's state goes offline when this process dies;
 * reconnects with capped, jittered back-off (``bridge.backoff``), like the uplink.
@@ -79,12 +82,13 @@ class PeerLink:
         *,
         on_control: ControlHandler,
         on_link: LinkHandler,
+        hello: Callable[[], bytes] | None = None,
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 5.0,
         rng: random.Random | None = None,
     ) -> None:
         self.site, self.me, self.peer, self.host, self.port = site, me, peer, host, port
-        self.on_control, self.on_link = on_control, on_link
+        self.on_control, self.on_link, self.hello = on_control, on_link, hello
         self.interest = Interest()
         self.state = "connecting"
         self.connects = self.forwarded = self.forwarded_bytes = self.dropped = 0
@@ -184,6 +188,9 @@ class PeerLink:
             client.disconnect()
             return
         client.subscribe([(f, 1) for f in control_filters(self.site, self.peer)])
+        if self.hello is not None:
+            # Our own state, pushed: a peer started from an older cluster file learns us from it.
+            client.publish(state_topic(self.site, self.me), self.hello(), 1, True)
         loop = self._loop
         if loop is not None:
             loop.call_soon_threadsafe(self._set_up)

@@ -69,14 +69,10 @@ class SitePeers:
         self.inject, self.local_filters, self.state = inject, local_filters, state
         self.clock = clock
         self.interest_interval_s, self.state_interval_s = interest_interval_s, state_interval_s
-        self.links = {
-            b.id: PeerLink(
-                site.id, me, b.id, b.host, b.port, on_control=self._on_control, on_link=self._on_link,
-                reconnect_min_s=reconnect_min_s, reconnect_max_s=reconnect_max_s,
-            )
-            for b in site.brokers
-            if b.id != me
-        }
+        self._reconnect = (reconnect_min_s, reconnect_max_s)
+        self._last_state = offline_state(site.id, me)
+        self.links = {b.id: self._link(b.id, b.host, b.port) for b in site.brokers if b.id != me}
+        self.discovered: list[str] = []
         self.table = PresenceTable()
         self.members: dict[str, Member] = {}
         self.received_counts: dict[str, list[int]] = {p: [0, 0] for p in self.links}
@@ -87,6 +83,13 @@ class SitePeers:
         self._outbox: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._link_tasks: list[asyncio.Task[None]] = []
+
+    def _link(self, peer: str, host: str, port: int) -> PeerLink:
+        return PeerLink(
+            self.site, self.me, peer, host, port, on_control=self._on_control, on_link=self._on_link,
+            hello=lambda: self._last_state,
+            reconnect_min_s=self._reconnect[0], reconnect_max_s=self._reconnect[1],
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -123,9 +126,26 @@ class SitePeers:
         return peer_of(self.site, client_id)
 
     def received(self, origin: str, topic: str, payload: bytes, retain: bool) -> None:
+        if topic == state_topic(self.site, origin):  # a hello, not forwarded traffic
+            if origin not in self.links:
+                self._discover(origin, payload)
+            return
         counts = self.received_counts.setdefault(origin, [0, 0])
         counts[0] += 1
         counts[1] += len(payload)
+
+    def _discover(self, peer: str, payload: bytes) -> None:
+        """A broker our cluster file does not list linked to us: link back to its address."""
+        address = str(decode_state(peer, payload).doc.get("address", ""))
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not self._link_tasks:
+            return
+        log.info("broker %s joined the site at %s (not in our cluster file): linking to it", peer, address)
+        link = self._link(peer, host, int(port))
+        self.links[peer] = link
+        self.received_counts.setdefault(peer, [0, 0])
+        self.discovered.append(peer)
+        self._link_tasks.append(asyncio.create_task(link.run(), name=f"peer-link-{peer}"))
 
     def wants(self, topic: str) -> bool:
         return any(link.wants(topic) for link in self.links.values())
@@ -242,7 +262,8 @@ class SitePeers:
     async def _publish_state(self) -> None:
         doc = {"site": self.site, "broker": self.me, "state": "online", "ts": self.clock()} | self.state()
         doc["peers"] = {p: link.state for p, link in self.links.items()}
-        await self.inject(state_topic(self.site, self.me), json.dumps(doc, default=str).encode(), 1, True)
+        self._last_state = json.dumps(doc, default=str).encode()
+        await self.inject(state_topic(self.site, self.me), self._last_state, 1, True)
 
     async def _state_loop(self) -> None:
         while True:
@@ -272,4 +293,5 @@ class SitePeers:
             "dropped": sum(link.dropped for link in self.links.values()),
             "interest": list(self.interest),
             "present_here": len(self._conns),
+            "discovered": list(self.discovered),
         }
