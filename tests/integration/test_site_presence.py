@@ -10,6 +10,8 @@ killed broker's state turns offline everywhere.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -114,3 +116,21 @@ def test_every_broker_holds_every_brokers_state_and_a_killed_one_goes_offline(ha
     for b in ("a1", "a3"):
         wait_for(lambda b=b: states(b)["a2"]["state"] == "offline", 30, f"{b} sees a2 offline")
         wait_for(lambda b=b: peers_of(h, f"{SITE}/{b}")["a2"]["member"] == "offline", 30, f"{b} counts a2 out")
+
+
+def test_cluster_status_reads_membership_from_a_site_broker_with_the_cloud_down(harness: Any) -> None:
+    h: Harness = harness()
+    start_site(h)
+
+    def members() -> dict[str, str]:
+        out = subprocess.run(
+            [sys.executable, "-m", "edgemq", "cluster", "status", "--config", str(h.config_path), "--json",
+             "--from-site", SITE],
+            capture_output=True, text=True, timeout=60, cwd=str(h.tmp), check=True,
+        ).stdout
+        return {r["component"]: r.get("member") for r in json.loads(out)}
+
+    wait_for(lambda: {k: v for k, v in members().items() if k.startswith(SITE)}
+             == {f"{SITE}.a1": "online", f"{SITE}.a2": "online", f"{SITE}.a3": "online"}, 60, "three online")
+    h.kill(f"{SITE}.a1")  # the first broker of the site: status must fall back to a2
+    wait_for(lambda: members().get(f"{SITE}.a1") == "offline", 60, "a1 offline, read from a2")
