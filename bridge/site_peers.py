@@ -200,9 +200,11 @@ class SitePeers:
 
     def _on_link(self, peer: str, up: bool) -> None:
         if up:
-            # The peer may have restarted: forget its records; its retained ones follow.
-            for device in self.table.devices():
+            # The peer may have restarted: forget its records (here and the retained copies);
+            # the ones it still has come back, retained, right after this.
+            for device in self.table.devices_recorded_by(peer):
                 self.table.update(device, None, peer)
+                self._outbox.put_nowait((presence_doc.presence_topic(self.site, peer, device), b"", True))
             self.table.broker_up(peer)
         else:
             self.table.broker_down(peer)

@@ -112,3 +112,7 @@ class PresenceTable:
 
     def devices(self) -> list[str]:
         return sorted(self._records)
+
+    def devices_recorded_by(self, broker: str) -> list[str]:
+        """Devices ``broker`` has a record of (online or offline)."""
+        return sorted(d for d, per in self._records.items() if broker in per)

@@ -134,3 +134,23 @@ def test_cluster_status_reads_membership_from_a_site_broker_with_the_cloud_down(
              == {f"{SITE}.a1": "online", f"{SITE}.a2": "online", f"{SITE}.a3": "online"}, 60, "three online")
     h.kill(f"{SITE}.a1")  # the first broker of the site: status must fall back to a2
     wait_for(lambda: members().get(f"{SITE}.a1") == "offline", 60, "a1 offline, read from a2")
+
+
+def test_a_restarted_peers_old_presence_copies_are_cleared(harness: Any) -> None:
+    h: Harness = harness()
+    start_site(h)
+    topic = f"edgemq/{SITE}/a2/presence/{DEVICE}"
+    dev = device(port_of(h, "a2"), keepalive=30)  # no network loop: it will not reconnect by itself
+    try:
+        wait_for(lambda: json.loads(retained(port_of(h, "a1"), topic).get(topic, b"{}")).get("state") == "online",
+                 30, "a1 holds a2's record of d1")
+        h.kill(f"{SITE}.a2")
+        h.start_edge(f"{SITE}/a2")
+        wait_for(lambda: peers_of(h, f"{SITE}/a1").get("a2", {}).get("state") == "up", 60, "a1 linked to a2 again")
+        # The restarted a2 has no record of d1 (the device did not come back): a1's copy must go, not linger as 'online' nor come back as an empty retained message.
+        wait_for(lambda: topic not in retained(port_of(h, "a1"), f"edgemq/{SITE}/+/presence/+"), 30,
+                 "a1's copy of a2's old record cleared")
+    finally:
+        sock = dev.socket()
+        if sock is not None:
+            sock.close()
