@@ -31,6 +31,14 @@ What we change, and why (details in docs/amqtt-notes.md):
   for the auth plugin.
 * amqtt's own log lines for each failed connection go through the broker's
   ``RateLimitedLog`` (entry 7), like the guard's.
+* Site peering (docs/site.md) through two hook attributes the edge node sets:
+  ``peers`` (``PeerHook``): a PUBLISH from a peer-link session is delivered to local
+  subscribers only (never tapped, never forwarded again: one hop, loop-free); a local
+  PUBLISH some peer wants is offered to it. ``presence`` (``PresenceHook``): told of
+  each connection and disconnection, and asked before a will fires whether it is
+  stale (the device is online at another broker since); a will that does fire goes
+  to the tap and the peers like any local PUBLISH (amqtt broadcasts wills past
+  ``handle_publish``, so they never reached the uplink; entry 40).
 
 This module holds no bridge logic: the tap is a protocol the bridge implements.
 """
@@ -48,6 +56,7 @@ from typing import Any, Protocol
 from amqtt.adapters import StreamWriterAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import Action
+from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import OUTGOING, ApplicationMessage, OutgoingApplicationMessage, Session
@@ -60,7 +69,7 @@ from broker.ownership import Decision, Verdict
 from broker.ratelog import RateLimitedLog
 from broker.tls import note_connection
 
-__all__ = ["BrokerCounters", "BrokerLimits", "EdgeBroker", "UplinkTap", "amqtt_config"]
+__all__ = ["BrokerCounters", "BrokerLimits", "EdgeBroker", "PeerHook", "PresenceHook", "UplinkTap", "amqtt_config"]
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +187,31 @@ class UplinkTap(Protocol):
         """
 
 
+class PeerHook(Protocol):
+    """Site peering as the broker sees it (implemented by the bridge's site peers)."""
+
+    def origin(self, client_id: str) -> str | None:
+        """The peer broker a session is the link of, else None (a local client)."""
+
+    def received(self, origin: str, topic: str, payload: bytes, retain: bool) -> None:
+        """Count a message a peer forwarded (it is then delivered to local subscribers only)."""
+
+    def wants(self, topic: str) -> bool:
+        """True if some peer's interest matches ``topic`` (cheap: called for every local PUBLISH)."""
+
+    def forward(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Hand a locally published message to the peers that want it; must not block."""
+
+
+class PresenceHook(Protocol):
+    """Told of connections; decides whether a will is stale (implemented by the site peers)."""
+
+    def connected(self, client_id: str) -> None: ...
+    def disconnected(self, client_id: str) -> None: ...
+    def suppress_will(self, client_id: str) -> bool:
+        """True if this client's will must not fire (it is online at another broker since)."""
+
+
 @dataclass
 class BrokerCounters:
     """Live counters of one broker process (read by the stats writer)."""
@@ -195,6 +229,8 @@ class BrokerCounters:
     """CONNECTs admitted with a warning: the device's live owner is another broker (policy warn)."""
     admission_refused: int = 0
     """CONNECTs refused by the ``admission`` hook (CONNACK 0x05)."""
+    wills_suppressed: int = 0
+    """Wills not fired because the ``presence`` hook found them stale."""
 
 
 def _publishable(topic: str) -> bool:
@@ -214,11 +250,20 @@ class EdgeProtocolHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt
         counters.messages_in += 1
         counters.bytes_in += len(data)
         tap = broker.tap
+        peers = broker.peers
+        session = self.session
+        if peers is not None and session is not None and topic is not None:
+            origin = peers.origin(session.client_id)
+            if origin is not None:  # forwarded by a peer: local subscribers only (one hop)
+                peers.received(origin, topic, bytes(data), bool(publish_packet.retain_flag))
+                await super().handle_publish(publish_packet)
+                return
+        allowed: bool | None = None
         # Runs synchronously up to the first await, in packet order: offers reach the
         # tap in the order the client sent them.
         if tap is not None and topic is not None and _publishable(topic) and tap.wants(topic):
-            session = self.session
-            if session is not None and await broker.may_publish(session, topic):
+            allowed = session is not None and await broker.may_publish(session, topic)
+            if session is not None and allowed:
                 counters.uplink_offered += 1
                 qos = publish_packet.qos or 0
                 try:
@@ -233,6 +278,12 @@ class EdgeProtocolHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt
                         # device resends after reconnecting (backpressure, nothing lost).
                         await self.handle_connection_closed()
                         return
+        if (
+            peers is not None and topic is not None and session is not None
+            and _publishable(topic) and peers.wants(topic)
+            and (allowed or (allowed is None and await broker.may_publish(session, topic)))
+        ):
+            peers.forward(topic, bytes(data), publish_packet.qos or 0, bool(publish_packet.retain_flag))
         await super().handle_publish(publish_packet)
 
     async def mqtt_publish(
@@ -309,6 +360,8 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
         self._sessions: _SessionTable = _SessionTable(self._sessions)
         self.tap = tap
         self.admission = admission
+        self.peers: PeerHook | None = None
+        self.presence: PresenceHook | None = None
         self.limits = limits if limits is not None else BrokerLimits.from_env()
         self.counters = BrokerCounters()
         self.guard_stats = GuardStatistics()
@@ -512,13 +565,57 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
         client_id = client_session.client_id
         self._loop_done[client_id] = done
         token = _AUTHENTICATED.set(True)
+        presence = self.presence
+        if presence is not None:
+            presence.connected(client_id)
         try:
             await super()._handle_client_session(reader, writer, client_session, ours, server, listener_name)
         finally:
+            if presence is not None:
+                presence.disconnected(client_id)
             _AUTHENTICATED.reset(token)
             done.set()
             if self._loop_done.get(client_id) is done:
                 del self._loop_done[client_id]
+
+    async def _handle_disconnect(
+        self, client_session: Session, handler: BrokerProtocolHandler, disconnect_waiter: asyncio.Future[Any]
+    ) -> None:
+        # amqtt fires the will here (``Broker._handle_disconnect``) by broadcasting it: past
+        # ``handle_publish``, so past the tap and the peers. Ask the presence hook first
+        # (a stale will is not fired), then hand a fired will on like a local PUBLISH.
+        fires = (
+            client_session.will_flag
+            and client_session.will_topic is not None
+            and not disconnect_waiter.cancelled()
+            and disconnect_waiter.exception() is None
+            and not isinstance(disconnect_waiter.result(), DisconnectPacket)
+        )
+        if fires and self.presence is not None and self.presence.suppress_will(client_session.client_id):
+            client_session.will_flag = False  # the next CONNECT brings its own will
+            self.counters.wills_suppressed += 1
+            fires = False
+        await super()._handle_disconnect(client_session, handler, disconnect_waiter)
+        peer_link = self.peers is not None and self.peers.origin(client_session.client_id) is not None
+        if fires and not peer_link and (self.tap is not None or self.peers is not None):
+            await self._hand_on_will(client_session)
+
+    async def _hand_on_will(self, session: Session) -> None:
+        """Offer a fired will to the tap and the peers, as if the client had published it."""
+        topic = str(session.will_topic)
+        payload = bytes(session.will_message or b"")
+        qos, retain = int(session.will_qos or 0), bool(session.will_retain)
+        if not _publishable(topic) or not await self.may_publish(session, topic):
+            return
+        if self.tap is not None and self.tap.wants(topic):
+            self.counters.uplink_offered += 1
+            try:
+                await self.tap.offer(topic, payload, qos, retain, session.client_id)
+            except StoreError as exc:
+                self.counters.uplink_refused += 1
+                self.ratelog.warning("refused", "uplink buffer refused the will of %s: %s", session.client_id, exc)
+        if self.peers is not None and self.peers.wants(topic):
+            self.peers.forward(topic, payload, qos, retain)
 
     async def _client_message_loop(self, client_session: Session, handler: BrokerProtocolHandler) -> None:
         await super()._client_message_loop(client_session, handler)
@@ -628,6 +725,10 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
     def connected_clients(self) -> int:
         """Clients connected right now."""
         return sum(1 for session, _ in self.sessions.values() if session.transitions.state == "connected")
+
+    def subscribed_filters(self) -> dict[str, list[str]]:
+        """Every topic filter subscribed to (connected or persistent sessions), with its client ids."""
+        return {f: [session.client_id for session, _ in subs] for f, subs in self._subscriptions.items()}
 
     def client_ids(self) -> list[str]:
         """Client ids connected right now."""

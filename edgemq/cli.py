@@ -168,13 +168,19 @@ def cluster_status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh every second.")] = False,
     live: Annotated[bool, typer.Option("--live/--no-live", help="Membership from the cloud's retained state.")] = True,
+    from_site: Annotated[
+        str | None,
+        typer.Option("--from-site", help="Read membership from any answering broker of this site, not the cloud."),
+    ] = None,
 ) -> None:
     """Each component: supervisor state, pid, address, whether it answers, clients, messages in/out."""
     from edgemq.cluster import ClusterRunner
     from edgemq.status_cmd import run_status
 
     cfg = _load(config)
-    run_status(ClusterRunner(cfg, config), as_json=as_json, watch=watch, live=live, console=out)
+    if from_site is not None and all(s.id != from_site for s in cfg.sites):
+        raise typer.BadParameter(f"no site {from_site!r} in {config}", param_hint="--from-site")
+    run_status(ClusterRunner(cfg, config), as_json=as_json, watch=watch, live=live, console=out, from_site=from_site)
 
 
 # ---- single processes ---------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib.metadata
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.link import Uplink, stats_topic
+from bridge.site_peers import SitePeers
 from bridge.store import Store
 from bridge.tap import BufferTap
 from broker.config import ClusterConfig, SiteConfig
@@ -47,7 +49,16 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("edgemq")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 STATS_INTERVAL_S = 1.0
+_VERSION = _package_version()
 
 
 def component_name(site: str | None = None, broker: str | None = None) -> str:
@@ -288,13 +299,30 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
 
         broker = EdgeBroker(config, tap=tap, limits=broker_limits(cfg), admission=decide)
         await broker.start()
+        started = time.time()
+        ownership = _Ownership(site, bcfg.id)
+
+        def member_state() -> dict[str, Any]:
+            own = ownership.count(broker.client_ids())
+            return {
+                "version": _VERSION,
+                "address": f"{bcfg.host}:{bcfg.port}",
+                "since": started,
+                "owned": own.owned,
+                "clients": broker.connected_clients(),
+                "uplink": link.statistics().state,
+                "backlog": store.statistics().depth_messages,
+            }
+
+        # Site peering (docs/site.md): peer links, interest, membership, presence.
+        peers = SitePeers(site, bcfg.id, broker.inject, local_filters=broker.subscribed_filters, state=member_state)
+        broker.peers = peers
+        broker.presence = peers
         # The site's ring, retained on every broker: how a plain-MQTT device finds its owner.
         await broker.inject(ring_topic(site.id), json.dumps(ring_document(site)).encode(), 1, retain=True)
-        started = time.time()
         log.info("edge broker %s/%s listening on %s:%s, buffer %s", site.id, bcfg.id, bcfg.host, bcfg.port, path)
         latest = LatestSnapshot()
         server = _start_metrics(bcfg.port, metrics_port, latest, bcfg.metrics_port)
-        ownership = _Ownership(site, bcfg.id)
         local_stats = stats_topic(site.id, bcfg.id)
 
         def snapshot() -> dict[str, Any]:
@@ -311,6 +339,7 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
             data["buffer_path"] = str(path)
             data["append_failures"] = tap.failed
             data["uplink_refused"] = broker.counters.uplink_refused
+            data["site_peers"] = peers.statistics() | {"wills_suppressed": broker.counters.wills_suppressed}
             return data
 
         link = Uplink(
@@ -328,6 +357,7 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
             await broker.inject(local_stats, json.dumps(data, default=str).encode(), 0, True)
 
         link_task = asyncio.create_task(link.run(), name=f"uplink-{site.id}-{bcfg.id}")
+        await peers.start()
         liveness_task = asyncio.create_task(liveness.run(), name="peer-liveness")
         stats = asyncio.create_task(
             _stats_loop(stats_path(cfg, name), snapshot, latest, publish_locally), name="stats"
@@ -344,6 +374,8 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
                 raise SystemExit(3)
         finally:
             log.info("edge broker %s/%s shutting down", site.id, bcfg.id)
+            with contextlib.suppress(Exception):
+                await peers.close()
             for task in (stats, link_task, liveness_task):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

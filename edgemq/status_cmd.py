@@ -7,6 +7,10 @@ A status row merges two views:
   ``edgemq/+/+/stats`` of every broker, read with a short-lived MQTT subscription
   (``Membership``). Brokers on other machines, which this machine's supervisor
   does not know, appear as rows of kind ``remote``.
+  With ``--from-site S`` the membership is read from the first broker of site S
+  that answers instead: every edge broker holds every site peer's state document
+  (docs/site.md), so this works with the uplink down; clients, uplink state and
+  backlog of the other brokers then come from their state documents.
 
 ``--watch`` refreshes every second (rich ``Live`` on a terminal; plain snapshots,
 separated by a blank line, otherwise) and computes msg/s from successive samples.
@@ -55,8 +59,9 @@ COLUMNS = (
 class Membership:
     """Retained state and stats of every broker at the cloud, kept current by a paho subscriber."""
 
-    def __init__(self, cfg: ClusterConfig) -> None:
+    def __init__(self, cfg: ClusterConfig, source: tuple[str, int] | None = None) -> None:
         self.cfg = cfg
+        self.source = source or (cfg.cloud.host, cfg.cloud.port)
         self.states: dict[str, dict[str, Any]] = {}
         self.stats: dict[str, dict[str, Any]] = {}
         self.connected = threading.Event()
@@ -86,10 +91,10 @@ class Membership:
             (self.states if parts[3] == "state" else self.stats)[f"{parts[1]}/{parts[2]}"] = data
 
     def start(self, timeout: float = 3.0) -> bool:
-        """Connect and subscribe; False if the cloud does not answer within ``timeout``."""
-        cloud = self.cfg.cloud
+        """Connect and subscribe; False if the source (the cloud by default) does not answer within ``timeout``."""
+        host, port = self.source
         try:
-            self._client.connect(cloud.host, cloud.port, keepalive=30)
+            self._client.connect(host, port, keepalive=30)
         except OSError:
             return False
         self._client.loop_start()
@@ -133,12 +138,14 @@ def merge_rows(
         if key in seen:
             continue
         s = stats.get(key) or {}
+        st = states.get(key) or {}  # a site-local state document also has address, clients, uplink, backlog
         buf, link = s.get("buffer") or {}, s.get("uplink") or {}
         rows.append({
             "component": key.replace("/", ".", 1), "kind": "remote", "state": "-", "pid": None,
-            "address": s.get("address"), "answers": None, "member": (states.get(key) or {}).get("state", "unknown"),
-            "clients": s.get("clients"), "messages_in": s.get("messages_in"), "messages_out": s.get("messages_out"),
-            "uplink": link.get("state"), "backlog": buf.get("depth_messages"), "oldest_age_s": buf.get("oldest_age_s"),
+            "address": s.get("address", st.get("address")), "answers": None, "member": st.get("state", "unknown"),
+            "clients": s.get("clients", st.get("clients")), "messages_in": s.get("messages_in"),
+            "messages_out": s.get("messages_out"), "uplink": link.get("state", st.get("uplink")),
+            "backlog": buf.get("depth_messages", st.get("backlog")), "oldest_age_s": buf.get("oldest_age_s"),
             "dropped": sum((buf.get("dropped") or {}).values()) if buf else None, "ts": s.get("ts"),
         })
     return rows
@@ -215,17 +222,16 @@ def run_status(
     interval: float = 1.0,
     console: Console | None = None,
     iterations: int | None = None,
+    from_site: str | None = None,
 ) -> None:
-    """Print the status once, or every ``interval`` seconds with ``watch`` (until Ctrl-C)."""
+    """Print the status once, or every ``interval`` seconds with ``watch`` (until Ctrl-C).
+
+    ``from_site``: read membership from the first answering broker of that site, not the cloud.
+    """
     console = console or Console()
     membership: Membership | None = None
     if live:
-        membership = Membership(runner.cfg)
-        if membership.start():
-            membership.settle()
-        else:
-            membership.stop()
-            membership = None
+        membership = _open_membership(runner.cfg, from_site)
     previous: dict[str, tuple[float, int, float | None]] = {}
     try:
         if not watch:
@@ -259,6 +265,24 @@ def run_status(
     finally:
         if membership is not None:
             membership.stop()
+
+
+def _open_membership(cfg: ClusterConfig, from_site: str | None) -> Membership | None:
+    """A started membership view from the cloud, or from the first broker of ``from_site`` that answers."""
+    if from_site is None:
+        sources: list[tuple[str, int] | None] = [None]
+    else:
+        site = next((s for s in cfg.sites if s.id == from_site), None)
+        if site is None:
+            raise ValueError(f"no site {from_site!r} in the cluster file")
+        sources = [(b.host, b.port) for b in site.brokers]
+    for source in sources:
+        membership = Membership(cfg, source)
+        if membership.start():
+            membership.settle()
+            return membership
+        membership.stop()
+    return None
 
 
 @contextmanager
