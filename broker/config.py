@@ -188,6 +188,14 @@ class BridgeConfig(_Model):
     rate_limit: float | None = Field(None, gt=0, description="Optional cap on uplink messages per second.")
     reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay after the uplink drops.")
     reconnect_max_s: float = Field(30.0, gt=0, description="Cap on the reconnect delay (jittered exponential).")
+    command_ttl_s: float = Field(
+        3600.0, gt=0,
+        description="How long a command for an offline device waits at its keeper broker before it expires "
+        "(dropped and counted, never fired late).",
+    )
+    max_queued_commands: int = Field(
+        100_000, ge=1, description="Commands each broker keeps for offline devices; beyond it the oldest go."
+    )
 
     @model_validator(mode="after")
     def _backoff_order(self) -> BridgeConfig:

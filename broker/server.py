@@ -68,6 +68,7 @@ from broker.limits import BrokerLimits
 from broker.ownership import Decision, Verdict
 from broker.ratelog import RateLimitedLog
 from broker.tls import note_connection
+from broker.topics import matches
 
 __all__ = ["BrokerCounters", "BrokerLimits", "EdgeBroker", "PeerHook", "PresenceHook", "UplinkTap", "amqtt_config"]
 
@@ -362,6 +363,9 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
         self.admission = admission
         self.peers: PeerHook | None = None
         self.presence: PresenceHook | None = None
+        # Told the client id after each SUBSCRIBE is handled (the downlink router hands
+        # queued commands over then); must not block.
+        self.on_subscribed: Callable[[str], None] | None = None
         self.limits = limits if limits is not None else BrokerLimits.from_env()
         self.counters = BrokerCounters()
         self.guard_stats = GuardStatistics()
@@ -690,6 +694,8 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
             await super()._handle_subscription(client_session, handler, subscribe_waiter)
         finally:
             _SUBSCRIBING.reset(token)
+        if self.on_subscribed is not None:
+            self.on_subscribed(client_session.client_id)
 
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session
@@ -733,6 +739,49 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
     def client_ids(self) -> list[str]:
         """Client ids connected right now."""
         return [cid for cid, (session, _) in self.sessions.items() if session.transitions.state == "connected"]
+
+    def is_connected(self, client_id: str) -> bool:
+        entry = self._sessions.get(client_id)
+        return entry is not None and entry[0].transitions.state == "connected"
+
+    # -- routed downlink (bridge.downlink) --------------------------------------------
+
+    def listeners_of(self, topic: str) -> list[tuple[str, str]]:
+        """(client id, filter) of every *connected* session subscribed to a filter matching ``topic``."""
+        return [
+            (session.client_id, f)
+            for f, subs in self._subscriptions.items()
+            if matches(f, topic)
+            for session, _ in subs
+            if session.transitions.state == "connected"
+        ]
+
+    async def send_to(self, topic: str, payload: bytes, qos: int, client_ids: set[str]) -> int:
+        """Send a message to exactly these connected clients, if subscribed and allowed; return how many.
+
+        Unlike ``inject`` nothing is queued for offline sessions and nothing is retained: the
+        command queue (``bridge.commands``) keeps what an offline device must still get. Each
+        client gets it once, at the highest QoS its matching subscriptions grant (capped by
+        ``qos``); the send runs as a task like amqtt's own deliveries.
+        """
+        granted: dict[str, int] = {}
+        for f, subs in self._subscriptions.items():
+            if not matches(f, topic):
+                continue
+            for session, sub_qos in subs:
+                cid = session.client_id
+                if cid in client_ids and session.transitions.state == "connected":
+                    granted[cid] = max(granted.get(cid, 0), min(qos, sub_qos))
+        sent = 0
+        for cid, q in granted.items():
+            session, handler = self._sessions.get(cid, (None, None))
+            if session is None or handler is None:
+                continue
+            if not await self._topic_filtering(session, topic=topic, action=Action.RECEIVE):
+                continue
+            self.track(asyncio.create_task(handler.mqtt_publish(topic, payload, q, False), name=f"send-{cid}"))
+            sent += 1
+        return sent
 
 
 def amqtt_config(host: str, port: int) -> dict[str, Any]:

@@ -22,13 +22,24 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from bridge.commands import CommandQueue
+from bridge.downlink import DownlinkRouter
 from bridge.link import Uplink, stats_topic
 from bridge.site_peers import SitePeers
 from bridge.store import Store
 from bridge.tap import BufferTap
 from broker.config import ClusterConfig, SiteConfig
 from broker.limits import LIMITS_ENV, BrokerLimits
-from broker.ownership import Decision, OwnershipCount, admit, device_from_client_id, ring_document, ring_topic
+from broker.ownership import (
+    Decision,
+    OwnershipCount,
+    Route,
+    admit,
+    device_from_client_id,
+    ring_document,
+    ring_topic,
+    route_command,
+)
 from broker.probe import mqtt_answers
 from broker.ring import Ring
 from broker.security import security_plugins
@@ -69,6 +80,16 @@ def component_name(site: str | None = None, broker: str | None = None) -> str:
 def stats_path(cfg: ClusterConfig, name: str) -> Path:
     """Where a component writes its stats snapshot."""
     return cfg.run_dir / "stats" / f"{name}.json"
+
+
+def commands_path(cfg: ClusterConfig, site: str, broker: str) -> Path:
+    """The SQLite file of one edge broker's queue of commands for offline devices."""
+    return cfg.run_dir / "data" / site / f"{broker}.commands.sqlite3"
+
+
+def broker_client_online(broker: EdgeBroker, site: str, device: str) -> bool:
+    """True if the device's own client id (``dev-{site}-{device}``) is connected to ``broker``."""
+    return broker.is_connected(f"dev-{site}-{device}")
 
 
 def buffer_path(cfg: ClusterConfig, site: str, broker: str) -> Path:
@@ -318,6 +339,20 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
         peers = SitePeers(site, bcfg.id, broker.inject, local_filters=broker.subscribed_filters, state=member_state)
         broker.peers = peers
         broker.presence = peers
+        # Commands from the cloud: one broker of the site delivers each to its device, and the
+        # device's keeper queues it (durably, with a time-to-live) while it is offline.
+        def command_route(device: str) -> Route:
+            here = bcfg.id if broker_client_online(broker, site.id, device) else None
+            return route_command(ring, f"{site.id}/{device}", bcfg.id, here or peers.present_at(device), liveness.alive)
+
+        router = DownlinkRouter(
+            site=site.id,
+            queue=CommandQueue.open(commands_path(cfg, site.id, bcfg.id), max_commands=cfg.bridge.max_queued_commands,
+                                    durability=bufcfg.durability),
+            inject=broker.inject, send=broker.send_to, listeners=broker.listeners_of, route=command_route,
+            ttl_s=cfg.bridge.command_ttl_s,
+        )
+        broker.on_subscribed = router.subscribed
         # The site's ring, retained on every broker: how a plain-MQTT device finds its owner.
         await broker.inject(ring_topic(site.id), json.dumps(ring_document(site)).encode(), 1, retain=True)
         log.info("edge broker %s/%s listening on %s:%s, buffer %s", site.id, bcfg.id, bcfg.host, bcfg.port, path)
@@ -340,6 +375,7 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
             data["append_failures"] = tap.failed
             data["uplink_refused"] = broker.counters.uplink_refused
             data["site_peers"] = peers.statistics() | {"wills_suppressed": broker.counters.wills_suppressed}
+            data["commands"] = router.statistics()
             return data
 
         link = Uplink(
@@ -348,7 +384,7 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
             site=site.id,
             broker_id=bcfg.id,
             store=store,
-            inject=broker.inject,
+            inject=router.offer,
             stats=snapshot,
             stats_interval_s=STATS_INTERVAL_S,
         )
@@ -359,6 +395,7 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
         link_task = asyncio.create_task(link.run(), name=f"uplink-{site.id}-{bcfg.id}")
         await peers.start()
         liveness_task = asyncio.create_task(liveness.run(), name="peer-liveness")
+        commands_task = asyncio.create_task(router.run(), name="commands")
         stats = asyncio.create_task(
             _stats_loop(stats_path(cfg, name), snapshot, latest, publish_locally), name="stats"
         )
@@ -376,7 +413,7 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
             log.info("edge broker %s/%s shutting down", site.id, bcfg.id)
             with contextlib.suppress(Exception):
                 await peers.close()
-            for task in (stats, link_task, liveness_task):
+            for task in (stats, link_task, liveness_task, commands_task):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
@@ -385,3 +422,4 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
             await broker.shutdown()
             with contextlib.suppress(OSError):
                 write_json_atomic(stats_path(cfg, name), snapshot() | {"stopped": True})
+            router.close()

@@ -12,6 +12,7 @@ from bridge.commands import CommandQueue
 from bridge.downlink import DownlinkRouter, command_device
 from broker.errors import StoreError
 from broker.ownership import Route
+from broker.topics import matches
 
 
 def test_commands_wait_in_order_and_survive_reopen(tmp_path: Path) -> None:
@@ -77,58 +78,83 @@ def test_command_device() -> None:
 
 
 class Broker:
-    """What the router sees of a broker: who is subscribed, and what was injected."""
+    """What the router sees of a broker: connected subscribers, and what was sent to whom."""
 
     def __init__(self) -> None:
-        self.ready: set[str] = set()
-        self.got: list[tuple[str, bytes]] = []
+        self.subs: list[tuple[str, str]] = []  # (client id, filter), connected
+        self.got: list[tuple[str, bytes, frozenset[str]]] = []
+        self.injected: list[tuple[str, bytes]] = []
+
+    def listeners(self, topic: str) -> list[tuple[str, str]]:
+        return [(cid, f) for cid, f in self.subs if matches(f, topic)]
+
+    async def send(self, topic: str, payload: bytes, qos: int, to: set[str]) -> int:
+        self.got.append((topic, payload, frozenset(to)))
+        return len(to)
 
     async def inject(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        self.got.append((topic, payload))
+        self.injected.append((topic, payload))
+
+    def payloads_to(self, cid: str) -> list[bytes]:
+        return [p for _, p, to in self.got if cid in to]
 
 
-def router(tmp_path: Path, broker: Broker, route: Route, clock: list[float]) -> DownlinkRouter:
-    return DownlinkRouter(site="p", queue=CommandQueue.open(tmp_path / "c.sqlite3"), inject=broker.inject,
-                          route=lambda device: route, ready=lambda device, topic: device in broker.ready,
-                          ttl_s=30, clock=lambda: clock[0])
+def router(path: Path, broker: Broker, route: Route, clock: list[float]) -> DownlinkRouter:
+    return DownlinkRouter(site="p", queue=CommandQueue.open(path), inject=broker.inject, send=broker.send,
+                          listeners=broker.listeners, route=lambda device: route, ttl_s=30, clock=lambda: clock[0])
 
 
-def test_router_delivers_queues_drops_and_flushes_in_order(tmp_path: Path) -> None:
+def test_router_queues_for_the_keeper_and_flushes_in_order(tmp_path: Path) -> None:
     async def main() -> None:
         b, clock = Broker(), [1000.0]
-        r = router(tmp_path, b, Route.QUEUE, clock)
-        await r.offer("commands/p/d1/a", b"1", 1, False)  # offline: waits
+        r = router(tmp_path / "c.sqlite3", b, Route.QUEUE, clock)
+        b.subs.append(("console", "commands/p/#"))  # an observer sees every command on arrival
+        await r.offer("commands/p/d1/a", b"1", 1, False)  # the device is offline: waits
         await r.offer("commands/p/d1/b", b"2", 1, False)
         await r.offer("commands/p/d1/c", b"q0", 0, False)  # QoS 0 to an offline device: not kept
-        assert b.got == []
-        b.ready.add("d1")
-        await r.offer("commands/p/d1/d", b"3", 1, False)  # ready, but older ones wait: goes after them
-        assert b.got == [("commands/p/d1/a", b"1"), ("commands/p/d1/b", b"2"), ("commands/p/d1/d", b"3")]
-        await r.offer("commands/p/d1/e", b"4", 1, False)  # nothing waiting: straight through
-        assert b.got[-1] == ("commands/p/d1/e", b"4")
-        assert r.statistics()["depth"] == 0
-        assert r.counts["qos0_offline"] == 1
-        drop = router(tmp_path / "x", Broker(), Route.DROP, clock)
-        await drop.offer("commands/p/d1/a", b"1", 1, False)
-        assert drop.counts["not_mine"] == 1 and drop.statistics()["depth"] == 0
+        assert b.payloads_to("console") == [b"1", b"2", b"q0"]
+        b.subs.append(("any-client-id", "commands/p/d1/#"))  # a plain device names itself in its filter
+        await r.offer("commands/p/d1/d", b"3", 1, False)  # here now, but older ones wait: goes after them
+        assert b.payloads_to("any-client-id") == [b"1", b"2", b"3"]
+        await r.offer("commands/p/d1/e", b"4", 1, False)  # nothing waiting: straight through, to both
+        assert b.payloads_to("any-client-id")[-1] == b"4" and b.payloads_to("console")[-1] == b"4"
+        assert b.payloads_to("console").count(b"1") == 1  # observers are not sent the queued copy again
+        assert r.statistics()["depth"] == 0 and r.counts["qos0_offline"] == 1
 
-    (tmp_path / "x").mkdir()
+    asyncio.run(main())
+
+
+def test_router_leaves_other_brokers_devices_alone(tmp_path: Path) -> None:
+    async def main() -> None:
+        b, clock = Broker(), [1000.0]
+        r = router(tmp_path / "c.sqlite3", b, Route.DROP, clock)
+        b.subs.append(("dev-p-d2", "commands/p/+/x"))  # d2's own session: not d1's, an observer of d1
+        await r.offer("commands/p/d1/x", b"1", 1, False)
+        assert b.payloads_to("dev-p-d2") == [b"1"]
+        assert r.counts["not_mine"] == 1 and r.statistics()["depth"] == 0
+        b.subs.append(("dev-p-d1", "commands/p/+/x"))  # the device itself, by client id: delivered here
+        await r.offer("commands/p/d1/x", b"2", 1, False)
+        assert b.payloads_to("dev-p-d1") == [b"2"] and r.counts["delivered"] == 1
+        await r.offer("commands/p", b"site-wide", 1, False)  # names no device: to the broker as before
+        await r.offer("commands/p/d1/cfg", b"r", 1, True)  # retained: to the broker as before
+        assert b.injected == [("commands/p", b"site-wide"), ("commands/p/d1/cfg", b"r")]
+
     asyncio.run(main())
 
 
 def test_router_never_fires_an_expired_command(tmp_path: Path) -> None:
     async def main() -> None:
         b, clock = Broker(), [1000.0]
-        r = router(tmp_path, b, Route.QUEUE, clock)
+        r = router(tmp_path / "c.sqlite3", b, Route.QUEUE, clock)
         await r.offer("commands/p/d1/a", b"stale", 1, False)
         clock[0] += 31  # past the 30 s time-to-live
         await r.offer("commands/p/d1/b", b"fresh", 1, False)
-        b.ready.add("d1")
-        assert await r.flush("d1") == 1
-        assert b.got == [("commands/p/d1/b", b"fresh")]
-        task = asyncio.create_task(r.run_expiry(0.01))
-        await asyncio.sleep(0.05)
+        b.subs.append(("dev-p-d1", "commands/p/d1/#"))
+        r.subscribed("dev-p-d1")
+        task = asyncio.create_task(r.run(0.01))
+        await asyncio.sleep(0.1)
         task.cancel()
-        assert r.statistics()["expired"] == 1
+        assert b.payloads_to("dev-p-d1") == [b"fresh"]
+        assert r.statistics()["expired"] == 1 and r.statistics()["depth"] == 0
 
     asyncio.run(main())
