@@ -50,7 +50,7 @@ import contextvars
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from amqtt.adapters import StreamWriterAdapter
@@ -61,12 +61,14 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import OUTGOING, ApplicationMessage, OutgoingApplicationMessage, Session
 
+from broker.access import Principal
 from broker.auth import bind_principal, principal_of
 from broker.errors import StoreError
 from broker.guard import GuardedReader, GuardStatistics
 from broker.limits import BrokerLimits
 from broker.ownership import Decision, Verdict
 from broker.ratelog import RateLimitedLog
+from broker.session_store import SessionStore
 from broker.tls import note_connection
 from broker.topics import matches
 
@@ -366,6 +368,8 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
         # Told the client id after each SUBSCRIBE is handled (the downlink router hands
         # queued commands over then); must not block.
         self.on_subscribed: Callable[[str], None] | None = None
+        # Where persistent sessions' subscriptions are kept across restarts (edge brokers).
+        self.session_store: SessionStore | None = None
         self.limits = limits if limits is not None else BrokerLimits.from_env()
         self.counters = BrokerCounters()
         self.guard_stats = GuardStatistics()
@@ -458,6 +462,8 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
         # first [MQTT-3.1.4-2].
         await self._take_over(client_id)
         await super()._delete_session(client_id)
+        if self.session_store is not None:
+            self.session_store.forget(client_id)
 
     async def _initialize_client_session(
         self, reader: Any, writer: Any, remote_address: str, remote_port: int
@@ -696,6 +702,55 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
             _SUBSCRIBING.reset(token)
         if self.on_subscribed is not None:
             self.on_subscribed(client_session.client_id)
+
+    # -- persistent sessions across restarts (broker.session_store) -------------------
+    # Saved when amqtt adds or removes the subscription, before it sends the SUBACK or
+    # UNSUBACK: a client that has its SUBACK has a subscription that survives a kill -9.
+
+    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        code = int(await super().add_subscription(subscription, session))
+        if code != 0x80:
+            self._persist_subscriptions(session)
+        return code
+
+    def _del_subscription(self, a_filter: str, session: Session) -> int:
+        deleted = int(super()._del_subscription(a_filter, session))
+        if deleted:
+            self._persist_subscriptions(session)
+        return deleted
+
+    def _persist_subscriptions(self, session: Session) -> None:
+        if self.session_store is None or session.clean_session or not session.client_id:
+            return
+        subs = [(f, q) for f, entries in self._subscriptions.items() for s, q in entries if s is session]
+        principal = principal_of(session)
+        try:
+            self.session_store.save(session.client_id, subs, None if principal is None else asdict(principal))
+        except Exception as exc:  # the subscription stands; only its survival of a restart is at risk
+            self.ratelog.warning("sessions", "cannot save the session of %s: %r", session.client_id, exc)
+
+    def restore_sessions(self) -> int:
+        """Recreate the stored persistent sessions, disconnected, with their subscriptions; return how many.
+
+        Call once after ``start()`` and before clients connect. Subscriptions are put back as
+        they were granted (access control checked them then; a reconnect binds the client's
+        identity to the session again).
+        """
+        if self.session_store is None:
+            return 0
+        restored = 0
+        for client_id, (subs, principal) in self.session_store.load().items():
+            if client_id in self._sessions:
+                continue
+            handler, session = self.create_offline_session(client_id)
+            session.clean_session = False
+            if principal is not None:  # is_anonymous stays False, as for every session (_check_credentials)
+                bind_principal(session, Principal(**principal))
+            self._sessions[client_id] = (session, handler)
+            for topic_filter, qos in subs:
+                self._subscriptions.setdefault(topic_filter, []).append((session, qos))
+            restored += 1
+        return restored
 
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session

@@ -44,6 +44,7 @@ from broker.probe import mqtt_answers
 from broker.ring import Ring
 from broker.security import security_plugins
 from broker.server import EdgeBroker, amqtt_config
+from broker.session_store import SessionStore
 from broker.tls import broker_listeners
 from broker.topics import TopicMap
 from edgemq import metrics
@@ -80,6 +81,11 @@ def component_name(site: str | None = None, broker: str | None = None) -> str:
 def stats_path(cfg: ClusterConfig, name: str) -> Path:
     """Where a component writes its stats snapshot."""
     return cfg.run_dir / "stats" / f"{name}.json"
+
+
+def sessions_path(cfg: ClusterConfig, site: str, broker: str) -> Path:
+    """The SQLite file of one edge broker's persistent sessions (their subscriptions)."""
+    return cfg.run_dir / "data" / site / f"{broker}.sessions.sqlite3"
 
 
 def commands_path(cfg: ClusterConfig, site: str, broker: str) -> Path:
@@ -319,7 +325,12 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
             return admit(ring, key, bcfg.id, liveness.alive, site.ownership_policy)
 
         broker = EdgeBroker(config, tap=tap, limits=broker_limits(cfg), admission=decide)
+        # Persistent sessions survive a restart of the gateway (their subscriptions; commands
+        # for offline devices are kept by the command queue below).
+        broker.session_store = SessionStore.open(sessions_path(cfg, site.id, bcfg.id))
         await broker.start()
+        if restored := broker.restore_sessions():
+            log.info("restored %d persistent session(s) from %s", restored, broker.session_store.path)
         started = time.time()
         ownership = _Ownership(site, bcfg.id)
 
@@ -423,3 +434,4 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
             with contextlib.suppress(OSError):
                 write_json_atomic(stats_path(cfg, name), snapshot() | {"stopped": True})
             router.close()
+            broker.session_store.close()
