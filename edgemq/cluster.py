@@ -15,6 +15,7 @@ not start a second copy. The fleet and the dashboard start after the brokers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -30,7 +31,7 @@ from typing import Any
 from broker import provision
 from broker.client_auth import cloud_login, probe_target
 from broker.config import ClusterConfig
-from broker.errors import ClusterError
+from broker.errors import ClusterError, EdgeMQError
 from broker.probe import mqtt_answers, wait_until_answers
 from edgemq.node import component_name, stats_path
 
@@ -143,12 +144,12 @@ class ClusterRunner:
                 Component(
                     "cloud", "cloud", cloud.host, cloud.tls_port if tls_only else cloud.port,
                     (py, "-m", "edgemq", "broker", "cloud", "--config", cfgp),
-                    cloud_login(self.cfg, "dashboard").ssl_context() if tls_only else None,
+                    _quietly(lambda: cloud_login(self.cfg, "dashboard").ssl_context()) if tls_only else None,
                 )
             )
         for site in self.cfg.sites:
             for b in site.brokers:
-                host, port, ctx = probe_target(self.cfg, b)
+                host, port, ctx = _quietly(functools.partial(probe_target, self.cfg, b)) or (b.host, b.port, None)
                 comps.append(
                     Component(
                         component_name(site.id, b.id), "edge", host, port,
@@ -424,6 +425,14 @@ def _answers_impl(c: Component) -> bool:
     if c.kind == "dashboard":
         return _http_answers(c.host, c.port, 0.5)
     return mqtt_answers(c.host, c.port, 0.5, c.ssl_context)
+
+
+def _quietly(make: Callable[[], Any]) -> Any:
+    """``make()``, or None when the CA it reads is not there yet (status before the first ``up``)."""
+    try:
+        return make()
+    except (OSError, EdgeMQError):
+        return None
 
 
 def _quote(arg: str) -> str:

@@ -174,6 +174,9 @@ def test_secure_cluster_up_refuses_anonymous_flows_over_tls_and_leaks_no_secret(
         # The fleet logged in with its generated users and its telemetry reaches the cloud.
         wait_for(lambda: len(watcher.received(f"telemetry/{SITE}/dev-0003/")) > 0, 60, "fleet telemetry at the cloud")
         wait_for(lambda: len(watcher.received(f"edgemq/{SITE}/")) >= 2, 30, "stats at the cloud")
+        # The uplinks went to the cloud's TLS port (anonymous and plaintext logins are refused anyway).
+        edge_log = (cfg.run_dir / "logs" / f"{SITE}.a1.log").read_text()
+        assert f"connected to {cloud.host}:{cloud.tls_port}" in edge_log
 
         # Kill the cloud: supervisord restarts it, the uplinks reconnect with their credentials.
         rows = status_rows(cfg_path)
