@@ -9,7 +9,7 @@ CONFIG ?= cluster.toml
 DEVICES ?= 0
 RATE ?= 1
 
-.PHONY: venv test test-all lint cluster-up cluster-down cluster-status bench bench-ring bench-buffer bench-compare bench-quick bench-profile clean
+.PHONY: venv test test-all lint cluster-up cluster-down cluster-status bench bench-ring bench-buffer bench-compare bench-quick bench-profile bench-tls clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ bench-quick: $(STAMP)
 bench-profile: $(STAMP)
 	$(PY) benchmarks/profile_edge.py
 
+## bench-tls: connects/s and QoS 1 msg/s with TLS on vs off, edgemq and Mosquitto (issue 7), ~3 min
+bench-tls: $(STAMP)
+	$(PY) benchmarks/tls_bench.py $(BENCH_ARGS)
+
 ## bench: every benchmark; results and method in BENCHMARKS.md
 bench: bench-ring bench-buffer bench-compare
 
@@ -75,7 +79,7 @@ simulate-capacity: $(STAMP)
 	$(PY) -m simulations.capacity $(SIM_ARGS)
 
 clean:
-	rm -rf run build *.egg-info
+	rm -rf run run-secure build *.egg-info
 
 ## simulate-failover: kill and restart an edge broker under a fleet; report + plot in simulations/out/
 ## fuzz: the long hypothesis fuzz run against a real broker process (issue 5)

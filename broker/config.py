@@ -22,6 +22,7 @@ __all__ = [
     "BridgeConfig",
     "BrokerConfig",
     "BufferConfig",
+    "ClientLoginConfig",
     "CloudConfig",
     "ClusterConfig",
     "LimitsConfig",
@@ -29,6 +30,7 @@ __all__ = [
     "RoleConfig",
     "SecurityConfig",
     "SiteConfig",
+    "TlsConfig",
     "TopicRule",
     "load",
     "loads",
@@ -73,6 +75,11 @@ class CloudConfig(_Model):
     tls: TlsConfig | None = Field(None, description="TLS settings for the uplink; plaintext if unset.")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive of the uplink connection.")
     metrics_port: MetricsPort | None = Field(None, description="Embedded cloud broker only. " + METRICS_PORT_HELP)
+    tls_port: Port | None = Field(
+        None,
+        description="MQTT-over-TLS port of the cloud broker (the embedded one listens there with [security.tls]'s "
+        "certificate); with [cloud.tls] set, the bridges connect to it.",
+    )
 
 
 class BrokerConfig(_Model):
@@ -263,6 +270,18 @@ class ListenerTlsConfig(_Model):
         return self
 
 
+class ClientLoginConfig(_Model):
+    """How edgemq's own clients of the site's brokers log in (peer links, the dashboard, probes)."""
+
+    username: str | None = Field(None, description="Username they present to the edge brokers.")
+    password_env: str | None = Field(
+        None, description="Name of the environment variable holding that user's password (never logged)."
+    )
+    tls: TlsConfig | None = Field(
+        None, description="TLS towards the edge brokers' tls_port (ca_file: the CA that signed their certificate)."
+    )
+
+
 class SecurityConfig(_Model):
     """Authentication, access control and TLS listeners of the brokers."""
 
@@ -282,6 +301,15 @@ class SecurityConfig(_Model):
         default_factory=_default_roles, description="Access-control roles by name; replaces the built-in set."
     )
     tls: ListenerTlsConfig | None = Field(None, description="TLS listeners on the brokers; none if unset.")
+    generate: bool = Field(
+        False,
+        description="cluster up creates what is missing in <run_dir>/secrets: a local CA, the brokers' server "
+        "certificate and users with random passwords (bridges, dashboard, operator, peers, simulated devices); "
+        "unset credentials_file, tls and cloud.tls then point there. For one-machine trials.",
+    )
+    client: ClientLoginConfig | None = Field(
+        None, description="Credentials and TLS of edgemq's own clients of the edge brokers (generated if unset)."
+    )
 
     @property
     def anonymous(self) -> bool:
@@ -295,6 +323,7 @@ class SecurityConfig(_Model):
                 raise ValueError(f"role {name!r} is not defined in security.roles")
         if (
             self.profile == "secure"
+            and not self.generate
             and self.credentials_file is None
             and (self.tls is None or self.tls.ca_file is None)
         ):
@@ -362,6 +391,10 @@ class ClusterConfig(_Model):
             endpoints[(self.cloud.host, self.cloud.port)] = "cloud"
             if self.cloud.metrics_port is not None and self.cloud.metrics_port > 0:
                 endpoints[(self.cloud.host, self.cloud.metrics_port)] = "cloud metrics"
+            if self.cloud.tls_port is not None:
+                if (self.cloud.host, self.cloud.tls_port) in endpoints:
+                    raise ValueError(f"cloud.tls_port {self.cloud.tls_port} is the cloud's plaintext port")
+                endpoints[(self.cloud.host, self.cloud.tls_port)] = "cloud"
         for s in self.sites:
             if s.id in site_ids:
                 raise ValueError(f"duplicate site id {s.id!r}")
@@ -379,6 +412,10 @@ class ClusterConfig(_Model):
 
     def _check_security(self) -> None:
         sec = self.security
+        if sec.generate and self.cloud.embedded and self.cloud.tls_port is None:
+            raise ValueError("security.generate needs cloud.tls_port (the embedded cloud's TLS listener)")
+        if sec.generate and any(b.tls_port is None for s in self.sites for b in s.brokers):
+            raise ValueError("security.generate needs a tls_port on every broker")
         if sec.tls is not None:
             missing = [f"{s.id}/{b.id}" for s in self.sites for b in s.brokers if b.tls_port is None]
             if missing:
@@ -441,6 +478,8 @@ def loads(text: str, *, base_dir: Path | None = None, source: str = "<cluster fi
         if not cfg.run_dir.is_absolute():
             cfg = cfg.model_copy(update={"run_dir": (base_dir / cfg.run_dir).resolve()})
         cfg = cfg.model_copy(update={"security": _resolve_security_paths(cfg.security, base_dir)})
+    if cfg.security.generate:
+        cfg = _with_generated(cfg)
     return cfg
 
 
@@ -451,6 +490,8 @@ def _resolve_security_paths(sec: SecurityConfig, base_dir: Path) -> SecurityConf
         return p if p is None or p.is_absolute() else (base_dir / p).resolve()
 
     update: dict[str, Any] = {"credentials_file": resolve(sec.credentials_file)}
+    if sec.client is not None and sec.client.tls is not None:
+        update["client"] = sec.client.model_copy(update={"tls": _resolve_tls(sec.client.tls, resolve)})
     if sec.tls is not None:
         tls = sec.tls
         update["tls"] = tls.model_copy(
@@ -461,6 +502,30 @@ def _resolve_security_paths(sec: SecurityConfig, base_dir: Path) -> SecurityConf
             }
         )
     return sec.model_copy(update=update)
+
+
+def _resolve_tls(tls: TlsConfig, resolve: Any) -> TlsConfig:
+    return tls.model_copy(
+        update={"ca_file": resolve(tls.ca_file), "cert_file": resolve(tls.cert_file), "key_file": resolve(tls.key_file)}
+    )
+
+
+def _with_generated(cfg: ClusterConfig) -> ClusterConfig:
+    """``security.generate``: unset credential and certificate paths point into <run_dir>/secrets."""
+    from broker.provision import Layout
+
+    sec, cloud = cfg.security, cfg.cloud
+    lay = Layout(cfg.run_dir)
+    update: dict[str, Any] = {}
+    if sec.credentials_file is None:
+        update["credentials_file"] = lay.users
+    if sec.tls is None:
+        update["tls"] = ListenerTlsConfig(cert_file=lay.server_cert, key_file=lay.server_key)
+    if update:
+        sec = sec.model_copy(update=update)
+    if cloud.embedded and cloud.tls is None:
+        cloud = cloud.model_copy(update={"tls": TlsConfig(ca_file=lay.ca_cert)})
+    return cfg.model_copy(update={"security": sec, "cloud": cloud})
 
 
 def load(path: str | Path) -> ClusterConfig:

@@ -25,7 +25,15 @@ from typing import Any
 
 from broker.config import BrokerConfig, ListenerTlsConfig
 
-__all__ = ["ConnectionInfo", "broker_listeners", "common_name", "current_connection", "note_connection", "tls_listener"]
+__all__ = [
+    "ConnectionInfo",
+    "broker_listeners",
+    "common_name",
+    "current_connection",
+    "listeners",
+    "note_connection",
+    "tls_listener",
+]
 
 
 @dataclass(frozen=True)
@@ -84,9 +92,14 @@ def tls_listener(tls: ListenerTlsConfig | None, host: str, port: int | None) -> 
 
 
 def broker_listeners(tls: ListenerTlsConfig | None, broker: BrokerConfig) -> dict[str, Any]:
-    """The whole ``listeners`` mapping of one broker (amqtt needs one named 'default')."""
-    plain = {"type": "tcp", "bind": f"{broker.host}:{broker.port}"}
-    secure = tls_listener(tls, broker.host, broker.tls_port)
+    """The whole ``listeners`` mapping of one edge broker (amqtt needs one named 'default')."""
+    return listeners(tls, broker.host, broker.port, broker.tls_port)
+
+
+def listeners(tls: ListenerTlsConfig | None, host: str, port: int, tls_port: int | None) -> dict[str, Any]:
+    """``listeners`` of a broker on ``host``: plaintext on ``port``, TLS on ``tls_port`` (the cloud's too)."""
+    plain = {"type": "tcp", "bind": f"{host}:{port}"}
+    secure = tls_listener(tls, host, tls_port)
     if secure is None:
         return {"default": plain}
     assert tls is not None

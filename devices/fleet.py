@@ -40,12 +40,14 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiomqtt
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from broker.config import BrokerConfig, SiteConfig
 from broker.ratelog import RateLimitedLog
@@ -106,6 +108,13 @@ class FleetConfig(BaseModel):
         30.0, ge=0, description="The owner must answer every probe this long before a device goes home."
     )
     stable_s: float = Field(10.0, ge=0, description="A connection that lasted this long resets the back-off.")
+    passwords: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Password of each device (the device id is its username); a device without one is anonymous.",
+    )
+    ca_file: Path | None = Field(
+        None, description="Connect to each broker's tls_port over TLS, verifying its certificate against this CA."
+    )
 
     @model_validator(mode="after")
     def _backoff_order(self) -> FleetConfig:
@@ -220,20 +229,45 @@ def next_due(due: float, period: float, now: float) -> float:
     return max(due + period, now)
 
 
-def _connect_packet(client_id: str, keepalive_s: int) -> bytes:
+def _connect_packet(
+    client_id: str, keepalive_s: int, username: str | None = None, password: str | None = None
+) -> bytes:
     """An MQTT 3.1.1 CONNECT with a clean session (a probe leaves nothing behind)."""
-    cid = client_id.encode()
-    body = b"\x00\x04MQTT\x04\x02" + keepalive_s.to_bytes(2, "big") + len(cid).to_bytes(2, "big") + cid
-    return b"\x10" + bytes([len(body)]) + body
+
+    def utf8(value: str) -> bytes:
+        raw = value.encode()
+        return len(raw).to_bytes(2, "big") + raw
+
+    flags = 0x02 | (0x80 if username is not None else 0) | (0x40 if username is not None and password else 0)
+    payload = utf8(client_id) + (utf8(username) if username is not None else b"")
+    if username is not None and password:
+        payload += utf8(password)
+    body = b"\x00\x04MQTT\x04" + bytes([flags]) + keepalive_s.to_bytes(2, "big") + payload
+    length, size = b"", len(body)
+    while True:  # the remaining length is a varint (a password can take a CONNECT past 127 bytes)
+        byte, size = size % 128, size // 128
+        length += bytes([byte | (0x80 if size else 0)])
+        if not size:
+            break
+    return b"\x10" + length + body
 
 
-async def probe_broker(host: str, port: int, client_id: str, timeout: float) -> bool:
+async def probe_broker(
+    host: str,
+    port: int,
+    client_id: str,
+    timeout: float,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> bool:
     """True if the broker at host:port answers a CONNECT with CONNACK 0 within ``timeout`` seconds."""
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
-            writer.write(_connect_packet(client_id, 10))
+            reader, writer = await asyncio.open_connection(host, port, ssl=ssl_context)
+            writer.write(_connect_packet(client_id, 10, username, password))
             await writer.drain()
             data = await reader.readexactly(4)
             writer.write(b"\xe0\x00")  # DISCONNECT
@@ -307,6 +341,10 @@ class _Runner:
     ) -> None:
         self.cfg = config
         self.site = config.site.id
+        # One context for every device: verifies the brokers against the fleet's CA.
+        self.ssl_context = (
+            ssl.create_default_context(cafile=str(config.ca_file)) if config.ca_file is not None else None
+        )
         self.stop = stop
         self.on_ack = on_ack
         self.on_move = on_move
@@ -381,10 +419,22 @@ class _Runner:
         if self.on_move is not None:
             self.on_move(move)
 
+    def _endpoint(self, broker: BrokerConfig) -> tuple[str, int]:
+        return broker.host, broker.tls_port if self.ssl_context is not None and broker.tls_port else broker.port
+
+    def _login(self, dev: _Device) -> tuple[str | None, str | None]:
+        secret = self.cfg.passwords.get(dev.id)
+        return (dev.id, secret.get_secret_value()) if secret is not None else (None, None)
+
     def _client(self, dev: _Device, broker: BrokerConfig) -> aiomqtt.Client:
+        host, port = self._endpoint(broker)
+        username, password = self._login(dev)
         return aiomqtt.Client(
-            broker.host,
-            broker.port,
+            host,
+            port,
+            username=username,
+            password=password,
+            tls_context=self.ssl_context,
             identifier=dev.client_id,
             clean_session=False,
             keepalive=self.cfg.keepalive_s,
@@ -520,7 +570,10 @@ class _Runner:
         while (at := dev.policy.next_probe_at) is not None:
             if not await self._sleep_until(at):
                 return
-            ok = await probe_broker(owner.host, owner.port, f"probe-{dev.client_id}", self.cfg.probe_timeout_s)
+            host, port = self._endpoint(owner)
+            username, password = self._login(dev)
+            ok = await probe_broker(host, port, f"probe-{dev.client_id}", self.cfg.probe_timeout_s,
+                                    username=username, password=password, ssl_context=self.ssl_context)
             logger.debug("%s: probe of owner %s: %s", dev.id, owner.id, "ok" if ok else "no answer")
             if dev.policy.probe_result(ok, self.loop.time()):
                 dev.moving = True

@@ -142,14 +142,7 @@ def cluster_up(
     print(f"run directory: {cfg.run_dir}")
     for r in rows:
         print(f"  {r['component']:<14} {r['address'] or '':<22} log: {r['log']}")
-    cloud = cfg.cloud
-    edge = cfg.sites[0].brokers[0]
-    print(
-        "try:\n"
-        f"  mosquitto_sub -h {cloud.host} -p {cloud.port} -t 'telemetry/#' -v\n"
-        f"  mosquitto_pub -h {edge.host} -p {edge.port} -q 1 -t telemetry/{cfg.sites[0].id}/pump-7/temp -m 21.5\n"
-        "stop with: make cluster-down"
-    )
+    print("try:\n" + "\n".join(runner.how_to_connect()) + "\nstop with: make cluster-down")
 
 
 @cluster_app.command("down")

@@ -15,6 +15,7 @@ not start a second copy. The fleet and the dashboard start after the brokers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -23,12 +24,14 @@ import time
 import urllib.request
 import xmlrpc.client
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from broker import provision
+from broker.client_auth import cloud_login, probe_target
 from broker.config import ClusterConfig
-from broker.errors import ClusterError
+from broker.errors import ClusterError, EdgeMQError
 from broker.probe import mqtt_answers, wait_until_answers
 from edgemq.node import component_name, stats_path
 
@@ -64,6 +67,8 @@ class Component:
     host: str | None
     port: int | None
     argv: tuple[str, ...]
+    # Set when the component is probed over TLS (its brokers listen in TLS only).
+    ssl_context: Any = field(default=None, compare=False, repr=False)
 
 
 class _UnixTransport(xmlrpc.client.Transport):
@@ -132,18 +137,23 @@ class ClusterRunner:
         cfgp = str(self.config_path)
         comps: list[Component] = []
         if self.cfg.cloud.embedded:
+            cloud = self.cfg.cloud
+            tls_only = self.cfg.security.tls is not None and not self.cfg.security.tls.plaintext and cloud.tls_port
             comps.append(
                 Component(
-                    "cloud", "cloud", self.cfg.cloud.host, self.cfg.cloud.port,
+                    "cloud", "cloud", cloud.host, cloud.tls_port if tls_only else cloud.port,
                     (py, "-m", "edgemq", "broker", "cloud", "--config", cfgp),
+                    _quietly(lambda: cloud_login(self.cfg, "dashboard").ssl_context()) if tls_only else None,
                 )
             )
         for site in self.cfg.sites:
             for b in site.brokers:
+                host, port, ctx = _quietly(functools.partial(probe_target, self.cfg, b)) or (b.host, b.port, None)
                 comps.append(
                     Component(
-                        component_name(site.id, b.id), "edge", b.host, b.port,
+                        component_name(site.id, b.id), "edge", host, port,
                         (py, "-m", "edgemq", "broker", "edge", "--config", cfgp, "--broker", f"{site.id}/{b.id}"),
+                        ctx,
                     )
                 )
         if self.devices > 0:
@@ -156,13 +166,36 @@ class ClusterRunner:
                 )
             )
         if self.dashboard:
-            comps.append(
-                Component(
-                    "dashboard", "dashboard", "127.0.0.1", self.dashboard_port,
-                    (py, "-m", "edgemq.dashboard", "--config", cfgp, "--port", str(self.dashboard_port)),
-                )
-            )
+            argv: tuple[str, ...] = (py, "-m", "edgemq.dashboard", "--config", cfgp, "--port", str(self.dashboard_port))
+            if not self.cfg.security.anonymous:
+                # The dashboard role may read telemetry/{site}/#: at the cloud, every site is '+'.
+                argv += ("--telemetry", "telemetry/+/#")
+            comps.append(Component("dashboard", "dashboard", "127.0.0.1", self.dashboard_port, argv))
         return comps
+
+    def how_to_connect(self) -> list[str]:
+        """Example client command lines for this cluster (credentials and CA in the secure profile)."""
+        cfg, site = self.cfg, self.cfg.sites[0]
+        cloud, edge = cfg.cloud, site.brokers[0]
+        if cfg.security.anonymous:
+            return [
+                f"  mosquitto_sub -h {cloud.host} -p {cloud.port} -t 'telemetry/#' -v",
+                f"  mosquitto_pub -h {edge.host} -p {edge.port} -q 1 -t telemetry/{site.id}/pump-7/temp -m 21.5",
+            ]
+        if not cfg.security.generate:
+            return [f"  anonymous access is off: add users with edgemq users add --config {self.config_path}"]
+        lay = provision.Layout(self.run_dir)
+        cfgp = _quote(str(self.config_path))
+        pw = f'"$(edgemq users password {{}} --config {cfgp})"'
+        return [
+            f"security: generated CA {lay.ca_cert}; users and passwords in {lay.passwords} (mode 0600,",
+            "  shown by `edgemq users password NAME`); anonymous clients are refused",
+            f"  mosquitto_sub -h {cloud.host} -p {cloud.tls_port} --cafile {lay.ca_cert} "
+            f"-u dashboard -P {pw.format('dashboard')} -t 'telemetry/+/#' -v",
+            f"  mosquitto_pub -h {edge.host} -p {edge.tls_port} --cafile {lay.ca_cert} -u operator "
+            f"-P {pw.format('operator')} -q 1 -t commands/{site.id}/dev-0001/reboot -m now",
+            f"  devices: edgemq devices simulate --config {cfgp} --count 5 (adds dev-0001... users)",
+        ]
 
     def dashboard_url(self) -> str:
         """Where the dashboard of this cluster listens (when it runs)."""
@@ -240,6 +273,9 @@ class ClusterRunner:
             return self.status()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "stats").mkdir(parents=True, exist_ok=True)
+        if self.cfg.security.generate:
+            say(f"security: generating what is missing in {provision.Layout(self.run_dir).dir} ...")
+            provision.ensure(self.cfg)
         for c in self.components():
             with contextlib.suppress(FileNotFoundError):
                 stats_path(self.cfg, c.name).unlink()
@@ -267,7 +303,7 @@ class ClusterRunner:
             if c.host is None or c.port is None or c.kind in LATE_KINDS:
                 continue
             say(f"waiting for {c.name} on {c.host}:{c.port} ...")
-            if not wait_until_answers(c.host, c.port, START_DEADLINE_S):
+            if not wait_until_answers(c.host, c.port, START_DEADLINE_S, c.ssl_context):
                 self._fail_start(c)
             done += 1
             advance(done, total, c.name)
@@ -387,7 +423,15 @@ def _answers_impl(c: Component) -> bool:
         return False
     if c.kind == "dashboard":
         return _http_answers(c.host, c.port, 0.5)
-    return mqtt_answers(c.host, c.port, 0.5)
+    return mqtt_answers(c.host, c.port, 0.5, c.ssl_context)
+
+
+def _quietly(make: Callable[[], Any]) -> Any:
+    """``make()``, or None when the CA it reads is not there yet (status before the first ``up``)."""
+    try:
+        return make()
+    except (OSError, EdgeMQError):
+        return None
 
 
 def _quote(arg: str) -> str:

@@ -271,7 +271,18 @@ def simulate(
     setup_cli_logging(err, log_level)
     cluster = exit_on_config_error(lambda: load(config), err)
     site_cfg = exit_on_config_error(lambda: cluster.site(site) if site else cluster.sites[0], err)
+    login: dict[str, Any] = {}
+    if cluster.security.generate:
+        # The secure profile's trial mode: each simulated device gets its own generated user.
+        from broker.provision import Layout, ensure_devices
+        from devices.fleet import device_ids
+
+        passwords = exit_on_config_error(
+            lambda: ensure_devices(cluster, site_cfg.id, device_ids(first, count)), err
+        )
+        login = {"passwords": passwords, "ca_file": Layout(cluster.run_dir).ca_cert}
     fleet_cfg = FleetConfig(
+        **login,
         site=site_cfg,
         devices=count,
         rate=rate,

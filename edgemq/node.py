@@ -28,6 +28,7 @@ from bridge.link import Uplink, stats_topic
 from bridge.site_peers import SitePeers
 from bridge.store import Store
 from bridge.tap import BufferTap
+from broker.client_auth import probe_target, uplink_cloud
 from broker.config import ClusterConfig, SiteConfig
 from broker.limits import LIMITS_ENV, BrokerLimits
 from broker.ownership import (
@@ -45,7 +46,7 @@ from broker.ring import Ring
 from broker.security import security_plugins
 from broker.server import EdgeBroker, amqtt_config
 from broker.session_store import SessionStore
-from broker.tls import broker_listeners
+from broker.tls import broker_listeners, listeners
 from broker.topics import TopicMap
 from edgemq import metrics
 
@@ -198,16 +199,18 @@ class _PeerLiveness:
     ``interval_s`` plus the probe timeout) its devices may be refused here once and retry.
     """
 
-    def __init__(self, site: SiteConfig, me: str, interval_s: float = 2.0) -> None:
+    def __init__(self, site: SiteConfig, me: str, interval_s: float = 2.0, cfg: ClusterConfig | None = None) -> None:
         self.peers = [b for b in site.brokers if b.id != me]
         self.interval_s = interval_s
+        # Plaintext port, or the TLS port (with the site's CA) when the brokers listen in TLS only.
+        self.targets = [probe_target(cfg, b) if cfg is not None else (b.host, b.port, None) for b in self.peers]
         # Unknown counts as down: until a peer has answered, its devices are admitted here.
         self.alive: frozenset[str] = frozenset()
 
     async def run(self) -> None:
         while True:
             results = await asyncio.gather(
-                *(asyncio.to_thread(mqtt_answers, b.host, b.port, 0.5) for b in self.peers)
+                *(asyncio.to_thread(mqtt_answers, host, port, 0.5, ctx) for host, port, ctx in self.targets)
             )
             self.alive = frozenset(b.id for b, ok in zip(self.peers, results, strict=True) if ok)
             await asyncio.sleep(self.interval_s)
@@ -272,11 +275,13 @@ async def run_cloud(cfg: ClusterConfig, *, metrics_port: int | None = None) -> N
     name = component_name()
     host, port = cfg.cloud.host, cfg.cloud.port
     config = amqtt_config(host, port)
+    config["listeners"] = listeners(cfg.security.tls, host, port, cfg.cloud.tls_port)
     config["plugins"] = security_plugins(cfg.security, site=None)
     broker = EdgeBroker(config, limits=broker_limits(cfg))
     await broker.start()
     started = time.time()
-    log.info("cloud broker listening on %s:%s", host, port)
+    log.info("cloud broker listening on %s:%s%s", host, port,
+             f", TLS on {cfg.cloud.tls_port}" if cfg.security.tls and cfg.cloud.tls_port else "")
     latest = LatestSnapshot()
     server = _start_metrics(port, metrics_port, latest, cfg.cloud.metrics_port)
 
@@ -316,7 +321,7 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
         config = amqtt_config(bcfg.host, bcfg.port)
         config["listeners"] = broker_listeners(cfg.security.tls, bcfg)
         config["plugins"] = security_plugins(cfg.security, site=site.id)
-        liveness = _PeerLiveness(site, bcfg.id)
+        liveness = _PeerLiveness(site, bcfg.id, cfg=cfg)
         ring = Ring((b.id, b.weight) for b in site.brokers)
 
         def decide(client_id: str) -> Decision:
@@ -390,7 +395,7 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
             return data
 
         link = Uplink(
-            cloud=cfg.cloud,
+            cloud=uplink_cloud(cfg, site.id),
             bridge=cfg.bridge,
             site=site.id,
             broker_id=bcfg.id,

@@ -3,6 +3,7 @@
     edgemq users add NAME --role device [--site S] [--password-stdin | --cert-only]
     edgemq users remove NAME
     edgemq users list [--json]
+    edgemq users password NAME        (generated users of [security] generate = true)
 
 The file is ``[security] credentials_file`` of the cluster file, or ``--file``.
 Passwords are read from a hidden prompt (asked twice) or, with ``--password-stdin``,
@@ -120,3 +121,23 @@ def list_users(
     print(f"{'name':<24} {'role':<10} {'site':<12} password")
     for r in rows:
         print(f"{r['name']:<24} {r['role']:<10} {r['site'] or '-':<12} {'yes' if r['password'] else 'no (cert only)'}")
+
+
+@users_app.command("password")
+def show_password(
+    name: Annotated[str, typer.Argument(help="A generated user (dashboard, operator, bridge-SITE, dev-0001...).")],
+    config: ConfigOpt = Path("cluster.toml"),
+) -> None:
+    """Print the generated password of a user ([security] generate = true only), for scripts."""
+    from broker.provision import Layout, password
+
+    err = Console(stderr=True)
+    cfg = exit_on_config_error(lambda: load(config), err)
+    if not cfg.security.generate:
+        err.print("[bold red]error:[/] the cluster file does not set [security] generate = true")
+        raise typer.Exit(2)
+    secret = exit_on_config_error(lambda: password(cfg, name), err)
+    if secret is None:
+        err.print(f"[bold red]error:[/] no generated password for {name!r} in {Layout(cfg.run_dir).passwords}")
+        raise typer.Exit(1)
+    print(secret)

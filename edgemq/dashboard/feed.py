@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import aiomqtt
 
+from broker.client_auth import ClientLogin
 from broker.config import CloudConfig
 from broker.ratelog import RateLimitedLog
 from edgemq.dashboard.aggregate import Aggregator
@@ -42,6 +43,7 @@ class EdgeEndpoint:
     broker: str
     host: str
     port: int
+    tls_port: int | None = None
 
     @property
     def key(self) -> str:
@@ -59,9 +61,16 @@ class Feed:
         telemetry_filter: str = "telemetry/#",
         edges: list[EdgeEndpoint] | None = None,
         clock: Callable[[], float] = time.time,
+        cloud_login: ClientLogin | None = None,
+        edge_login: ClientLogin | None = None,
     ) -> None:
         self.agg = aggregator
         self.cloud = cloud
+        # How we log in (credentials, TLS); from the CloudConfig if not given.
+        self.cloud_login = cloud_login or ClientLogin(
+            cloud.username, os.environ.get(cloud.password_env) if cloud.password_env else None, cloud.tls
+        )
+        self.edge_login = edge_login or ClientLogin()
         self.telemetry_filter = telemetry_filter
         self.edges = edges or []
         self.clock = clock
@@ -101,24 +110,17 @@ class Feed:
             delay = min(5.0, delay * 2)
 
     def _cloud_client(self) -> aiomqtt.Client:
-        c = self.cloud
-        password = os.environ.get(c.password_env) if c.password_env else None
-        tls = None
-        if c.tls is not None:
-            tls = aiomqtt.TLSParameters(
-                ca_certs=str(c.tls.ca_file) if c.tls.ca_file else None,
-                certfile=str(c.tls.cert_file) if c.tls.cert_file else None,
-                keyfile=str(c.tls.key_file) if c.tls.key_file else None,
-            )
+        c, login = self.cloud, self.cloud_login
+        host, port = login.endpoint(c.host, c.port, c.tls_port)
         return aiomqtt.Client(
-            c.host, c.port, identifier=f"{self._ident}-cloud", username=c.username, password=password,
-            tls_params=tls, tls_insecure=c.tls.insecure if c.tls else None, timeout=10,
+            host, port, identifier=f"{self._ident}-cloud", **login.aiomqtt_kwargs(), timeout=10,
             max_queued_incoming_messages=MAX_QUEUED, logger=logging.getLogger("edgemq.dashboard.paho"),
         )
 
     async def _serve_cloud(self) -> None:
         async with self._cloud_client() as client:
-            log.info("dashboard subscribed at the cloud %s:%s", self.cloud.host, self.cloud.port)
+            host, port = self.cloud_login.endpoint(self.cloud.host, self.cloud.port, self.cloud.tls_port)
+            log.info("dashboard subscribed at the cloud %s:%s%s", host, port, " (TLS)" if self.cloud_login.tls else "")
             self.agg.on_source("cloud", True)
             await client.subscribe("edgemq/+/+/state", qos=1)
             await client.subscribe("edgemq/+/+/stats", qos=0)
@@ -138,8 +140,10 @@ class Feed:
                 agg.on_telemetry(topic, payload, clock())
 
     async def _serve_edge(self, edge: EdgeEndpoint) -> None:
+        host, port = self.edge_login.endpoint(edge.host, edge.port, edge.tls_port)
         async with aiomqtt.Client(
-            edge.host, edge.port, identifier=f"{self._ident}-{edge.site}-{edge.broker}", timeout=10,
+            host, port, identifier=f"{self._ident}-{edge.site}-{edge.broker}", **self.edge_login.aiomqtt_kwargs(),
+            timeout=10,
             logger=logging.getLogger("edgemq.dashboard.paho"),
         ) as client:
             self.agg.on_source(f"edge:{edge.key}", True, [edge.key])

@@ -17,6 +17,7 @@ from typing import Any
 
 import uvicorn
 
+from broker.client_auth import cloud_login, site_login
 from broker.config import ClusterConfig
 from edgemq import metrics
 from edgemq.dashboard.aggregate import Aggregator
@@ -78,8 +79,11 @@ async def run_dashboard(
         tail_filter=tail_filter or telemetry_filter,
     )
     cloud = cfg.cloud if cloud_port is None else cfg.cloud.model_copy(update={"port": cloud_port})
-    endpoints = [EdgeEndpoint(s.id, b.id, b.host, b.port) for s in cfg.sites for b in s.brokers] if edges else []
-    feed = Feed(agg, cloud, telemetry_filter=telemetry_filter, edges=endpoints)
+    endpoints = (
+        [EdgeEndpoint(s.id, b.id, b.host, b.port, b.tls_port) for s in cfg.sites for b in s.brokers] if edges else []
+    )
+    feed = Feed(agg, cloud, telemetry_filter=telemetry_filter, edges=endpoints,
+                cloud_login=cloud_login(cfg, "dashboard"), edge_login=site_login(cfg, "dashboard"))
     app = create_app(agg, feed=feed)
     hub: Hub = app.state.hub
     server = uvicorn.Server(uvicorn.Config(
