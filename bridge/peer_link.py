@@ -39,6 +39,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.backoff import Backoff
+from broker.client_auth import ClientLogin
 from broker.interest import Interest
 from broker.membership import control_filters, offline_state, peer_client_id, state_topic
 
@@ -86,7 +87,11 @@ class PeerLink:
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 5.0,
         rng: random.Random | None = None,
+        login: ClientLogin | None = None,
+        tls_port: int | None = None,
     ) -> None:
+        if login is not None:  # credentials and TLS of the secure profile (broker.client_auth)
+            host, port = login.endpoint(host, port, tls_port)
         self.site, self.me, self.peer, self.host, self.port = site, me, peer, host, port
         self.on_control, self.on_link, self.hello = on_control, on_link, hello
         self.interest = Interest()
@@ -108,6 +113,8 @@ class PeerLink:
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.enable_logger(logging.getLogger("bridge.peer.paho"))
+        if login is not None:
+            login.paho_apply(client)
         self._client = client
 
     # -- forwarding (event loop) -----------------------------------------------------

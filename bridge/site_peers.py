@@ -34,6 +34,7 @@ from typing import Any
 from bridge.peer_link import PeerLink
 from broker import interest as interest_doc
 from broker import presence as presence_doc
+from broker.client_auth import ClientLogin
 from broker.config import SiteConfig
 from broker.membership import Member, decode_state, offline_state, peer_of, state_topic
 from broker.ownership import device_from_client_id
@@ -64,7 +65,10 @@ class SitePeers:
         interest_interval_s: float = 0.25,
         state_interval_s: float = 2.0,
         clock: Callable[[], float] = time.time,
+        login: ClientLogin | None = None,
     ) -> None:
+        self.login = login
+        self._tls_ports = {b.id: b.tls_port for b in site.brokers}
         self.site, self.me = site.id, me
         self.inject, self.local_filters, self.state = inject, local_filters, state
         self.clock = clock
@@ -89,6 +93,7 @@ class SitePeers:
             self.site, self.me, peer, host, port, on_control=self._on_control, on_link=self._on_link,
             hello=lambda: self._last_state,
             reconnect_min_s=self._reconnect[0], reconnect_max_s=self._reconnect[1],
+            login=self.login, tls_port=self._tls_ports.get(peer),
         )
 
     # -- lifecycle -------------------------------------------------------------------

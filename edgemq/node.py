@@ -28,7 +28,7 @@ from bridge.link import Uplink, stats_topic
 from bridge.site_peers import SitePeers
 from bridge.store import Store
 from bridge.tap import BufferTap
-from broker.client_auth import probe_target, uplink_cloud
+from broker.client_auth import probe_target, site_login, uplink_cloud
 from broker.config import ClusterConfig, SiteConfig
 from broker.limits import LIMITS_ENV, BrokerLimits
 from broker.ownership import (
@@ -352,7 +352,8 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
             }
 
         # Site peering (docs/site.md): peer links, interest, membership, presence.
-        peers = SitePeers(site, bcfg.id, broker.inject, local_filters=broker.subscribed_filters, state=member_state)
+        peers = SitePeers(site, bcfg.id, broker.inject, local_filters=broker.subscribed_filters, state=member_state,
+                          login=site_login(cfg, "peer", site.id))
         broker.peers = peers
         broker.presence = peers
         # Commands from the cloud: one broker of the site delivers each to its device, and the

@@ -174,6 +174,12 @@ def test_secure_cluster_up_refuses_anonymous_flows_over_tls_and_leaks_no_secret(
         # The fleet logged in with its generated users and its telemetry reaches the cloud.
         wait_for(lambda: len(watcher.received(f"telemetry/{SITE}/dev-0003/")) > 0, 60, "fleet telemetry at the cloud")
         wait_for(lambda: len(watcher.received(f"edgemq/{SITE}/")) >= 2, 30, "stats at the cloud")
+        # The site's peer links logged in too (their generated user, over TLS): a1 and a2 see each other.
+        def peer_state(b: str, peer: str) -> str:
+            snap = json.loads((cfg.run_dir / "stats" / f"{SITE}.{b}.json").read_text())
+            return str(snap["site_peers"]["peers"][peer]["state"])
+
+        wait_for(lambda: peer_state("a1", "a2") == "up" and peer_state("a2", "a1") == "up", 30, "peer links up")
         # The uplinks went to the cloud's TLS port (anonymous and plaintext logins are refused anyway).
         edge_log = (cfg.run_dir / "logs" / f"{SITE}.a1.log").read_text()
         assert f"connected to {cloud.host}:{cloud.tls_port}" in edge_log
