@@ -13,10 +13,9 @@ import asyncio
 import logging
 import os
 import random
-import ssl
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -28,7 +27,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from broker.config import ClusterConfig, TlsConfig, load
+from broker.client_auth import ClientLogin, cloud_login, site_login
+from broker.config import ClusterConfig, load
 from broker.ratelog import RateLimitedLog
 from broker.topics import TopicError, validate_filter
 from devices.fleet import backoff_delay
@@ -50,34 +50,29 @@ class _OutputClosed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """Where to subscribe: a broker's address and how to log in."""
+    """Where to subscribe: a broker's address and how to log in (``broker.client_auth``)."""
 
     name: str
     host: str
     port: int
-    username: str | None = None
-    password: str | None = None
-    tls: TlsConfig | None = None
+    login: ClientLogin = field(default_factory=ClientLogin)
 
 
 def resolve_endpoint(cfg: ClusterConfig, ref: str) -> Endpoint:
-    """``cloud`` or ``<site>/<broker>`` → its address (ConfigError if unknown)."""
+    """``cloud`` or ``<site>/<broker>`` → its address and the operator's login (ConfigError if unknown).
+
+    With ``[security] generate`` that is the generated ``operator`` user over TLS; otherwise
+    the cloud's ``username``/``password_env``/``[cloud.tls]`` or ``[security.client]``.
+    """
     if ref == "cloud":
         c = cfg.cloud
-        password = os.environ.get(c.password_env) if c.password_env else None
-        return Endpoint("cloud", c.host, c.port, c.username, password, c.tls)
+        login = cloud_login(cfg, "operator")
+        host, port = login.endpoint(c.host, c.port, c.tls_port)
+        return Endpoint("cloud", host, port, login)
     site, b = cfg.locate(ref)
-    return Endpoint(f"{site.id}/{b.id}", b.host, b.port)
-
-
-def _tls_context(tls: TlsConfig) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-    if tls.cert_file:
-        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
-    if tls.insecure:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+    login = site_login(cfg, "operator", site.id)
+    host, port = login.endpoint(b.host, b.port, b.tls_port)
+    return Endpoint(f"{site.id}/{b.id}", host, port, login)
 
 
 def _ago(seconds: float) -> str:
@@ -107,9 +102,7 @@ class _Watcher:
             ep.port,
             identifier=f"edgemq-watch-{os.getpid()}-{random.getrandbits(32):08x}",
             clean_session=True,
-            username=ep.username,
-            password=ep.password,
-            tls_context=_tls_context(ep.tls) if ep.tls else None,
+            **ep.login.aiomqtt_kwargs(),
             keepalive=30,
             timeout=10,
             logger=logging.getLogger(f"{__name__}.mqtt"),

@@ -31,6 +31,12 @@ from broker.probe import wait_until_answers
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# Every process a test starts serves its metrics on a port the OS picks (the URL is in its
+# stats file): the default, MQTT port + 1000, can land on a port another fixture just
+# picked as free ("address in use" one run in many). A test of the configured ports
+# passes EDGEMQ_METRICS_PORT="" to the processes it starts.
+os.environ.setdefault("EDGEMQ_METRICS_PORT", "0")
+
 
 def free_port() -> int:
     """A port nobody listens on right now (bound and released by the kernel's choice)."""
@@ -111,8 +117,8 @@ class Harness:
         self.procs[name] = proc
         return proc
 
-    def start_cloud(self) -> Proc:
-        proc = self._spawn("cloud", ["broker", "cloud", "--config", str(self.config_path)])
+    def start_cloud(self, env: dict[str, str] | None = None) -> Proc:
+        proc = self._spawn("cloud", ["broker", "cloud", "--config", str(self.config_path)], env)
         assert wait_until_answers(self.cfg.cloud.host, self.cfg.cloud.port, 30), self.logs()
         return proc
 
@@ -134,10 +140,10 @@ class Harness:
         except (OSError, ValueError):
             return {}
 
-    def start_edge(self, ref: str, *, wait: bool = True) -> Proc:
+    def start_edge(self, ref: str, *, wait: bool = True, env: dict[str, str] | None = None) -> Proc:
         site, b = self.cfg.locate(ref)
         proc = self._spawn(
-            f"{site.id}.{b.id}", ["broker", "edge", "--config", str(self.config_path), "--broker", ref]
+            f"{site.id}.{b.id}", ["broker", "edge", "--config", str(self.config_path), "--broker", ref], env
         )
         if wait:
             assert wait_until_answers(b.host, b.port, 30), self.logs()

@@ -200,6 +200,10 @@ def test_secure_cluster_up_refuses_anonymous_flows_over_tls_and_leaks_no_secret(
         # The dashboard logged in at the cloud (its generated user, over TLS) and sees telemetry.
         dash_stats = cfg.run_dir / "stats" / "dashboard.json"
         wait_for(lambda: json.loads(dash_stats.read_text())["dashboard"]["messages"] > 0, 30, "dashboard fed")
+        # `edgemq watch` logs in as the generated operator (over TLS) and sees the fleet.
+        watch = edgemq("watch", f"telemetry/{SITE}/#", "--broker", "cloud", "--duration", "5",
+                       "--config", str(cfg_path), cwd=tmp_path)
+        assert watch.returncode == 0 and f"telemetry/{SITE}/dev-000" in watch.stdout, watch.stdout + watch.stderr
 
         # Secrets: logs, status (human and JSON), stats payloads and files, every metrics endpoint.
         places = files_under(cfg.run_dir / "logs") | files_under(cfg.run_dir / "stats")

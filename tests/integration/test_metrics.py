@@ -105,8 +105,9 @@ def test_the_metrics_ports_come_from_the_cluster_file(harness: Any) -> None:
         "sites": [site.model_copy(update={"brokers": brokers})],
     })
     h.write_config()
-    h.start_cloud()
-    h.start_edge("plant-1/a1")
+    from_file = {"EDGEMQ_METRICS_PORT": ""}  # the harness's override off: the cluster file decides
+    h.start_cloud(env=from_file)
+    h.start_edge("plant-1/a1", env=from_file)
     wait_for(lambda: metrics_url(h, "plant-1.a1") and metrics_url(h, "cloud"), 30, "both report their URL")
     assert metrics_url(h, "plant-1.a1") == f"http://127.0.0.1:{edge_port}/metrics"
     assert metrics_url(h, "cloud") == f"http://127.0.0.1:{cloud_port}/metrics"

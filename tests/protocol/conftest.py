@@ -109,7 +109,8 @@ def start_broker(kind: str, tmp: Path, *, limits: dict[str, Any] | None = None) 
     port = free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     log = tmp / f"{kind}-{port}.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # metrics on a port the OS picks: port + 1000 could be another fixture's free port
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "EDGEMQ_METRICS_PORT": "0"}
     if kind == "edgemq":
         cfg = tmp / f"cluster-{port}.toml"
         cfg.write_text(
