@@ -174,22 +174,27 @@ class ClusterRunner:
         return comps
 
     def how_to_connect(self) -> list[str]:
-        """Example client command lines for this cluster (credentials and CA in the secure profile)."""
+        """Example client command lines for this cluster (with the generated CA and users, if any)."""
         cfg, site = self.cfg, self.cfg.sites[0]
         cloud, edge = cfg.cloud, site.brokers[0]
+        lines: list[str] = []
         if cfg.security.anonymous:
-            return [
+            lines += [
                 f"  mosquitto_sub -h {cloud.host} -p {cloud.port} -t 'telemetry/#' -v",
                 f"  mosquitto_pub -h {edge.host} -p {edge.port} -q 1 -t telemetry/{site.id}/pump-7/temp -m 21.5",
             ]
         if not cfg.security.generate:
-            return [f"  anonymous access is off: add users with edgemq users add --config {self.config_path}"]
+            return lines or [f"  anonymous access is off: add users with edgemq users add --config {self.config_path}"]
         lay = provision.Layout(self.run_dir)
         cfgp = _quote(str(self.config_path))
-        pw = f'"$(edgemq users password {{}} --config {cfgp})"'
+        exe = Path(sys.executable).parent / "edgemq"
+        cli = _quote(str(exe)) if exe.exists() else "edgemq"  # works without an activated venv
+        pw = f'"$({cli} users password {{}} --config {cfgp})"'
+        refused = "anonymous clients are refused" if not cfg.security.anonymous else "anonymous also allowed (demo)"
         return [
+            *lines,
             f"security: generated CA {lay.ca_cert}; users and passwords in {lay.passwords} (mode 0600,",
-            "  shown by `edgemq users password NAME`); anonymous clients are refused",
+            f"  shown by `edgemq users password NAME`); {refused}; over TLS:",
             f"  mosquitto_sub -h {cloud.host} -p {cloud.tls_port} --cafile {lay.ca_cert} "
             f"-u dashboard -P {pw.format('dashboard')} -t 'telemetry/+/#' -v",
             f"  mosquitto_pub -h {edge.host} -p {edge.tls_port} --cafile {lay.ca_cert} -u operator "
