@@ -159,6 +159,12 @@ class SnapshotCollector(Collector):
         buf = snap.get("buffer")
         if isinstance(buf, Mapping):
             found += list(_buffer_metrics(buf, names, values, counter, gauge))
+        peers = snap.get("site_peers")
+        if isinstance(peers, Mapping):
+            found += list(_peer_metrics(peers, names, values, counter))
+        cmds = snap.get("commands")
+        if isinstance(cmds, Mapping):
+            found += list(_command_metrics(cmds, names, values, counter, gauge))
         dash = snap.get("dashboard")
         if isinstance(dash, Mapping):
             found.append(counter("edgemq_dashboard_messages", "MQTT messages the dashboard received.",
@@ -190,6 +196,52 @@ def _link_metrics(link: Snapshot, names: list[str], values: list[str], counter: 
                 link.get("inflight"))
     yield counter("edgemq_downlink_commands", "Downlink messages injected into this broker.",
                   link.get("commands_down"))
+
+
+def _peer_metrics(peers: Snapshot, names: list[str], values: list[str], counter: Any) -> Iterator[Any]:
+    """Site peering (docs/site.md): traffic to and from each peer broker, link state, stale wills."""
+    per = peers.get("peers")
+    if isinstance(per, Mapping):
+        fams: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            "up": GaugeMetricFamily("edgemq_peer_link_up", "1 if the link to this peer broker is up.",
+                                    labels=[*names, "peer"]),
+            "msgs": CounterMetricFamily("edgemq_peer_messages", "Messages forwarded to (out) and received from (in) "
+                                        "each peer broker of the site.", labels=[*names, "peer", "direction"]),
+            "bytes": CounterMetricFamily("edgemq_peer_message_bytes", "Payload bytes of those messages.",
+                                         labels=[*names, "peer", "direction"]),
+            "dropped": CounterMetricFamily("edgemq_peer_dropped_messages", "Messages not forwarded to a peer "
+                                           "because its link was down or full.", labels=[*names, "peer"]),
+        }
+        for peer, st in sorted(per.items()):
+            if not isinstance(st, Mapping):
+                continue
+            fams["up"].add_metric([*values, peer], 1.0 if st.get("state") == "up" else 0.0)
+            for direction, m, b in (("out", "forwarded", "forwarded_bytes"), ("in", "received", "received_bytes")):
+                fams["msgs"].add_metric([*values, peer, direction], float(st.get(m) or 0))
+                fams["bytes"].add_metric([*values, peer, direction], float(st.get(b) or 0))
+            fams["dropped"].add_metric([*values, peer], float(st.get("dropped") or 0))
+        yield from fams.values()
+    yield counter("edgemq_wills_suppressed", "Wills not fired because the device is online at another broker since.",
+                  peers.get("wills_suppressed"))
+
+
+def _command_metrics(cmds: Snapshot, names: list[str], values: list[str], counter: Any, gauge: Any) -> Iterator[Any]:
+    """The downlink router and its queue of commands for offline devices (docs/ownership.md)."""
+    routed = cmds.get("routed")
+    if isinstance(routed, Mapping):
+        fam = CounterMetricFamily("edgemq_commands_routed", "Commands from the cloud by what this broker did: "
+                                  "delivered, queued, not_mine, qos0_offline, passed, delivered_from_queue.",
+                                  labels=[*names, "outcome"])
+        for outcome, n in sorted(routed.items()):
+            fam.add_metric([*values, str(outcome)], float(n))
+        yield fam
+    yield gauge("edgemq_commands_queued", "Commands waiting for offline devices at this broker.", cmds.get("depth"))
+    yield gauge("edgemq_commands_oldest_age_seconds", "Age of the oldest waiting command (0 when none).",
+                cmds.get("oldest_age_s") or 0.0)
+    yield counter("edgemq_commands_expired", "Waiting commands that expired undelivered (command_ttl_s).",
+                  cmds.get("expired"))
+    yield counter("edgemq_commands_overflow", "Waiting commands dropped because the queue was full.",
+                  cmds.get("overflow"))
 
 
 def _buffer_metrics(buf: Snapshot, names: list[str], values: list[str], counter: Any, gauge: Any) -> Iterator[Any]:

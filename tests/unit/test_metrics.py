@@ -24,6 +24,13 @@ EDGE: dict[str, Any] = {
                "head_seq": 8, "tail_seq": 10, "accepted": 10, "forwarded": 7, "dropped": {"ttl": 2, "capacity": 1},
                "peak_depth_messages": 5, "peak_depth_bytes": 500, "last_seq": 10, "max_messages": 100,
                "max_bytes": 4096, "commits": 9},
+    "site_peers": {"peers": {"a2": {"state": "up", "forwarded": 6, "forwarded_bytes": 60, "received": 3,
+                                    "received_bytes": 30, "dropped": 1},
+                             "a3": {"state": "down", "forwarded": 0, "forwarded_bytes": 0, "received": 0,
+                                    "received_bytes": 0, "dropped": 0}},
+                   "wills_suppressed": 2},
+    "commands": {"depth": 2, "oldest_age_s": 5.0, "expired": 1, "overflow": 0,
+                 "routed": {"delivered": 4, "queued": 3, "not_mine": 7}},
 }
 
 
@@ -45,6 +52,13 @@ def test_edge_snapshot_becomes_labelled_metrics() -> None:
     assert s[("edgemq_uplink_up", frozenset(who))] == 0
     assert s[("edgemq_devices_connected", frozenset({*who, ("ownership", "foreign")}))] == 1
     assert s[("edgemq_buffer_forwarded_messages_total", frozenset(who))] == 7
+    assert s[("edgemq_peer_messages_total", frozenset({*who, ("peer", "a2"), ("direction", "out")}))] == 6
+    assert s[("edgemq_peer_message_bytes_total", frozenset({*who, ("peer", "a2"), ("direction", "in")}))] == 30
+    assert s[("edgemq_peer_link_up", frozenset({*who, ("peer", "a3")}))] == 0
+    assert s[("edgemq_wills_suppressed_total", frozenset(who))] == 2
+    assert s[("edgemq_commands_routed_total", frozenset({*who, ("outcome", "not_mine")}))] == 7
+    assert s[("edgemq_commands_queued", frozenset(who))] == 2
+    assert s[("edgemq_commands_expired_total", frozenset(who))] == 1
 
 
 def test_cloud_snapshot_has_no_link_or_buffer_and_nothing_is_invented() -> None:
