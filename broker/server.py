@@ -68,6 +68,7 @@ from broker.guard import GuardedReader, GuardStatistics
 from broker.limits import BrokerLimits
 from broker.ownership import Decision, Verdict
 from broker.ratelog import RateLimitedLog
+from broker.session_state import lighten
 from broker.session_store import SessionStore
 from broker.tls import note_connection
 from broker.topics import matches
@@ -562,10 +563,14 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
             await self._refuse(client_session, handler, reader, writer)
             return
         client_session = await self._resolve_session(client_session)
+        lighten(client_session)  # a 16 KB transitions.Machine per session is replaced (entry 17)
         # amqtt builds the handler in ``BrokerProtocolHandler.init_from_connect`` (a fixed
         # class) and attaches it here; swap in ours before it is attached.
         ours = EdgeProtocolHandler(self.plugins_manager, loop=self._loop)
         ours.edge_broker = self
+        # amqtt's own handler is not used again, but its caller (``Broker._client_connected``)
+        # holds it for the life of the connection: drop its queues and events (entry 17).
+        handler.__dict__.clear()
         if client_session.transitions.is_connected():
             # Persistent session still held by an open connection: amqtt would reply
             # "session present", and the old connection's late exit would then mark the
@@ -743,6 +748,7 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
             if client_id in self._sessions:
                 continue
             handler, session = self.create_offline_session(client_id)
+            lighten(session)
             session.clean_session = False
             if principal is not None:  # is_anonymous stays False, as for every session (_check_credentials)
                 bind_principal(session, Principal(**principal))
