@@ -59,6 +59,7 @@ class SitePeers:
         inject: Injector,
         *,
         local_filters: Callable[[], dict[str, list[str]]],
+        local_changes: Callable[[], int] | None = None,
         state: Callable[[], dict[str, Any]],
         tap: UplinkTap | None = None,
         reconnect_min_s: float = 0.5,
@@ -80,6 +81,8 @@ class SitePeers:
         self.received_counts: dict[str, list[int]] = {p: [0, 0] for p in self.links}
         self.interest: tuple[str, ...] = ()
         self.interest_version = 0
+        self.local_changes = local_changes
+        self._seen_changes = -1
         self._since: dict[str, float] = {}
         self._conns: dict[str, int] = {}
         self._outbox: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue()  # (topic, payload, ours)
@@ -254,6 +257,11 @@ class SitePeers:
         return interest_doc.summarize(filters)
 
     async def _publish_interest(self, force: bool = False) -> None:
+        if self.local_changes is not None:
+            changes = self.local_changes()
+            if changes == self._seen_changes and not force:
+                return  # nobody subscribed or unsubscribed since the last look
+            self._seen_changes = changes
         current = self._local()
         if current == self.interest and not force:
             return

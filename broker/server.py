@@ -362,6 +362,8 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
         self.admission = admission
         self.peers: PeerHook | None = None
         self.presence: PresenceHook | None = None
+        self.subscription_changes = 0
+        """Bumped on every subscribe/unsubscribe: the site peers recompute their interest only then."""
         self.limits = limits if limits is not None else BrokerLimits.from_env()
         self.counters = BrokerCounters()
         self.guard_stats = GuardStatistics()
@@ -725,6 +727,18 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
     def connected_clients(self) -> int:
         """Clients connected right now."""
         return sum(1 for session, _ in self.sessions.values() if session.transitions.state == "connected")
+
+    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        self.subscription_changes += 1
+        return int(await super().add_subscription(subscription, session))
+
+    def _del_subscription(self, a_filter: str, session: Session) -> int:
+        self.subscription_changes += 1
+        return int(super()._del_subscription(a_filter, session))
+
+    async def _del_all_subscriptions(self, session: Session) -> None:
+        self.subscription_changes += 1
+        await super()._del_all_subscriptions(session)
 
     def subscribed_filters(self) -> dict[str, list[str]]:
         """Every topic filter subscribed to (connected or persistent sessions), with its client ids."""
