@@ -42,6 +42,7 @@ from bridge.backoff import Backoff
 from broker.client_auth import ClientLogin
 from broker.interest import Interest
 from broker.membership import control_filters, offline_state, peer_client_id, state_topic
+from broker.ratelog import RateLimitedLog
 
 __all__ = ["PeerLink", "PeerLinkStats"]
 
@@ -100,6 +101,7 @@ class PeerLink:
         self._backoff = Backoff(reconnect_min_s, reconnect_max_s, rng or random.Random())
         self._up = False
         self._stop = threading.Event()
+        self._ratelog = RateLimitedLog(log)
         self._loop: asyncio.AbstractEventLoop | None = None
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -191,7 +193,7 @@ class PeerLink:
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
         if rc.is_failure:
-            log.warning("peer %s refused link from %s: %s", self.peer, self.me, rc)
+            self._ratelog.warning("refused", "peer %s refused link from %s: %s", self.peer, self.me, rc)
             client.disconnect()
             return
         client.subscribe([(f, 1) for f in control_filters(self.site, self.peer)])

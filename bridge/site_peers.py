@@ -39,6 +39,7 @@ from broker.config import SiteConfig
 from broker.membership import Member, decode_state, offline_state, peer_of, state_topic
 from broker.ownership import device_from_client_id
 from broker.presence import OFFLINE, ONLINE, Presence, PresenceTable
+from broker.server import UplinkTap
 
 __all__ = ["SitePeers"]
 
@@ -59,7 +60,9 @@ class SitePeers:
         inject: Injector,
         *,
         local_filters: Callable[[], dict[str, list[str]]],
+        local_changes: Callable[[], int] | None = None,
         state: Callable[[], dict[str, Any]],
+        tap: UplinkTap | None = None,
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 5.0,
         interest_interval_s: float = 0.25,
@@ -70,7 +73,7 @@ class SitePeers:
         self.login = login
         self._tls_ports = {b.id: b.tls_port for b in site.brokers}
         self.site, self.me = site.id, me
-        self.inject, self.local_filters, self.state = inject, local_filters, state
+        self.inject, self.local_filters, self.state, self.tap = inject, local_filters, state, tap
         self.clock = clock
         self.interest_interval_s, self.state_interval_s = interest_interval_s, state_interval_s
         self._reconnect = (reconnect_min_s, reconnect_max_s)
@@ -82,9 +85,11 @@ class SitePeers:
         self.received_counts: dict[str, list[int]] = {p: [0, 0] for p in self.links}
         self.interest: tuple[str, ...] = ()
         self.interest_version = 0
+        self.local_changes = local_changes
+        self._seen_changes = -1
         self._since: dict[str, float] = {}
         self._conns: dict[str, int] = {}
-        self._outbox: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue()
+        self._outbox: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue()  # (topic, payload, ours)
         self._tasks: list[asyncio.Task[None]] = []
         self._link_tasks: list[asyncio.Task[None]] = []
 
@@ -199,7 +204,7 @@ class SitePeers:
     def _record(self, device: str, p: Presence) -> None:
         self.table.update(device, p, self.me)
         topic = presence_doc.presence_topic(self.site, self.me, device)
-        self._outbox.put_nowait((topic, presence_doc.encode(p), True))
+        self._outbox.put_nowait((topic, presence_doc.encode(p), True))  # ours: may go up too
 
     # -- control messages from peers (event loop) --------------------------------------
 
@@ -209,7 +214,7 @@ class SitePeers:
             # the ones it still has come back, retained, right after this.
             for device in self.table.devices_recorded_by(peer):
                 self.table.update(device, None, peer)
-                self._outbox.put_nowait((presence_doc.presence_topic(self.site, peer, device), b"", True))
+                self._outbox.put_nowait((presence_doc.presence_topic(self.site, peer, device), b"", False))
             self.table.broker_up(peer)
         else:
             self.table.broker_down(peer)
@@ -226,19 +231,26 @@ class SitePeers:
             member = decode_state(peer, payload)
             self.members[peer] = member
             (self.table.broker_up if member.online else self.table.broker_down)(peer)
-            self._outbox.put_nowait((topic, payload, True))
+            self._outbox.put_nowait((topic, payload, False))
         elif kind == "presence" and len(parts) == 5:
             self.table.update(parts[4], presence_doc.decode(payload, peer), peer)
-            self._outbox.put_nowait((topic, payload, True))
+            self._outbox.put_nowait((topic, payload, False))
 
     async def _injector(self) -> None:
-        """Injects presence records and peers' copies into this broker, in order."""
+        """Injects presence records and peers' copies into this broker (retained), in order.
+
+        This broker's own presence records also go to the uplink tap if an uplink rule
+        takes them (e.g. ``edgemq/+/+/presence/#``): the cloud can then merge the site's
+        records by ``since`` (the per-broker buffers do not order messages across brokers).
+        """
         while True:
-            topic, payload, retain = await self._outbox.get()
+            topic, payload, ours = await self._outbox.get()
             try:
-                await self.inject(topic, payload, 1, retain)
-            except Exception as exc:  # one bad inject must not stop presence
-                log.warning("cannot inject %s: %r", topic, exc)
+                await self.inject(topic, payload, 1, True)
+                if ours and self.tap is not None and self.tap.wants(topic):
+                    await self.tap.offer(topic, payload, 1, True, f"edgemq-presence-{self.me}")
+            except Exception as exc:  # one bad record must not stop presence
+                log.warning("cannot publish %s: %r", topic, exc)
 
     # -- this broker's interest and state ----------------------------------------------
 
@@ -250,6 +262,11 @@ class SitePeers:
         return interest_doc.summarize(filters)
 
     async def _publish_interest(self, force: bool = False) -> None:
+        if self.local_changes is not None:
+            changes = self.local_changes()
+            if changes == self._seen_changes and not force:
+                return  # nobody subscribed or unsubscribed since the last look
+            self._seen_changes = changes
         current = self._local()
         if current == self.interest and not force:
             return

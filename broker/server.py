@@ -371,6 +371,8 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
         self.on_subscribed: Callable[[str], None] | None = None
         # Where persistent sessions' subscriptions are kept across restarts (edge brokers).
         self.session_store: SessionStore | None = None
+        self.subscription_changes = 0
+        """Bumped on every subscribe/unsubscribe: the site peers recompute their interest only then."""
         self.limits = limits if limits is not None else BrokerLimits.from_env()
         self.counters = BrokerCounters()
         self.guard_stats = GuardStatistics()
@@ -712,13 +714,17 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
     # Saved when amqtt adds or removes the subscription, before it sends the SUBACK or
     # UNSUBACK: a client that has its SUBACK has a subscription that survives a kill -9.
 
+    # Both also bump ``subscription_changes``: the site peers recompute their interest then.
+
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        self.subscription_changes += 1
         code = int(await super().add_subscription(subscription, session))
         if code != 0x80:
             self._persist_subscriptions(session)
         return code
 
     def _del_subscription(self, a_filter: str, session: Session) -> int:
+        self.subscription_changes += 1
         deleted = int(super()._del_subscription(a_filter, session))
         if deleted:
             self._persist_subscriptions(session)
@@ -792,6 +798,10 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
     def connected_clients(self) -> int:
         """Clients connected right now."""
         return sum(1 for session, _ in self.sessions.values() if session.transitions.state == "connected")
+
+    async def _del_all_subscriptions(self, session: Session) -> None:
+        self.subscription_changes += 1
+        await super()._del_all_subscriptions(session)
 
     def subscribed_filters(self) -> dict[str, list[str]]:
         """Every topic filter subscribed to (connected or persistent sessions), with its client ids."""

@@ -352,7 +352,8 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
             }
 
         # Site peering (docs/site.md): peer links, interest, membership, presence.
-        peers = SitePeers(site, bcfg.id, broker.inject, local_filters=broker.subscribed_filters, state=member_state,
+        peers = SitePeers(site, bcfg.id, broker.inject, local_filters=broker.subscribed_filters,
+                          local_changes=lambda: broker.subscription_changes, state=member_state, tap=tap,
                           login=site_login(cfg, "peer", site.id))
         broker.peers = peers
         broker.presence = peers

@@ -147,11 +147,33 @@ def test_a_restarted_peers_old_presence_copies_are_cleared(harness: Any) -> None
         h.kill(f"{SITE}.a2")
         h.start_edge(f"{SITE}/a2")
         wait_for(lambda: peers_of(h, f"{SITE}/a1").get("a2", {}).get("state") == "up", 60, "a1 linked to a2 again")
-        # The restarted a2 has no record of d1 (the device did not come back): a1's copy must go,
-        # not linger as 'online' nor come back as an empty retained message.
+        # The restarted a2 has no record of d1 (the device did not come back): a1's copy must
+        # go, not linger as 'online' nor come back as an empty retained message.
         wait_for(lambda: topic not in retained(port_of(h, "a1"), f"edgemq/{SITE}/+/presence/+"), 30,
                  "a1's copy of a2's old record cleared")
     finally:
         sock = dev.socket()
         if sock is not None:
             sock.close()
+
+
+def test_presence_records_reach_the_cloud_when_an_uplink_rule_takes_them(harness: Any, collectors: Any) -> None:
+    rules = [{"pattern": p, "qos": 1} for p in ("telemetry/#", "status/#", "edgemq/+/+/presence/#")]
+    h: Harness = harness(bridge={"uplink": rules})
+    h.start_cloud()
+    cloud: Collector = collectors(h.cfg.cloud.host, h.cfg.cloud.port, [f"edgemq/{SITE}/+/presence/+", STATUS])
+    start_site(h)
+    dev = device(port_of(h, "a3"), keepalive=30)
+    dev.disconnect()  # clean: no will, and a3 writes an offline record
+    for _ in range(50):  # the device has no network thread: send the DISCONNECT
+        if dev.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+            break
+    topic = f"edgemq/{SITE}/a3/presence/{DEVICE}"
+
+    def states() -> list[str]:
+        return [json.loads(m.payload)["state"] for m in cloud.snapshot() if m.topic == topic]
+
+    wait_for(lambda: states() == ["online", "offline"], 60, "a3's records at the cloud, in order")
+    records = [decode_presence(m.payload, "a3") for m in cloud.snapshot() if m.topic == topic]
+    assert all(r is not None and r.broker == "a3" for r in records)
+    assert [m.payload for m in cloud.snapshot() if m.topic == STATUS] == [b"online"]
