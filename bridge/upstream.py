@@ -102,6 +102,7 @@ class Upstream(asyncio.Protocol):
     async def open(cls, spec: ConnectSpec) -> Upstream:
         """Dial, CONNECT, and wait for an accepting CONNACK; LinkBroken otherwise."""
         loop = asyncio.get_running_loop()
+        conn: Upstream | None = None
         try:
             async with asyncio.timeout(spec.timeout_s):
                 _, conn = await loop.create_connection(
@@ -114,12 +115,16 @@ class Upstream(asyncio.Protocol):
                     session_expiry=spec.session_expiry,
                 ))
                 connack = await asyncio.shield(conn._connack)
-        except TimeoutError as exc:
-            raise LinkBroken(f"no CONNACK from {spec.host}:{spec.port} within {spec.timeout_s:g} s",
-                             recoverable=True) from exc
-        except (OSError, ssl.SSLError) as exc:
-            # ssl.SSLCertVerificationError says CERTIFICATE_VERIFY_FAILED in its text: keep it.
-            raise LinkBroken(f"cannot connect to {spec.host}:{spec.port}: {exc}", recoverable=True) from exc
+        except BaseException as exc:
+            if conn is not None:
+                conn.abort()  # never leave a half-open connection behind (timeout, cancel, refusal)
+            if isinstance(exc, TimeoutError):
+                raise LinkBroken(f"no CONNACK from {spec.host}:{spec.port} within {spec.timeout_s:g} s",
+                                 recoverable=True) from exc
+            if isinstance(exc, OSError | ssl.SSLError):
+                # ssl.SSLCertVerificationError says CERTIFICATE_VERIFY_FAILED in its text: keep it.
+                raise LinkBroken(f"cannot connect to {spec.host}:{spec.port}: {exc}", recoverable=True) from exc
+            raise
         if connack.code != 0:
             conn.abort()
             why = CONNACK_CODES_311.get(connack.code, "") if spec.version == wire.MQTT311 else ""
