@@ -92,7 +92,8 @@ def run_kill(kind: str, work: Path, *, rate: float = 1000.0, load_s: float = 6.0
         topo.start_edge()
         if outage:
             topo.start_cloud()
-            sub.wait_ready()
+            # The "ready" probe queues behind the edge's backlog at the cloud: allow for a slow cloud.
+            sub.wait_ready(timeout=180)
         cpu0 = cpu_seconds(topo.edge_procs())
         last, last_change = -1, time.monotonic()
         while True:

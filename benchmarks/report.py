@@ -150,7 +150,8 @@ def kill_table(g: Groups, cases: list[str]) -> list[str]:
                 continue
             v = [m(g, "kill", case, kind, k) for k in ("sent", "acked_before_kill", "acked_arrived", "acked_lost",
                                                          "lost_pct", "duplicates")]
-            lines.append(f"| {case} | {label} | " + " | ".join(fmt(x) for x in v) + " |")
+            cells = [fmt(None if x is None else int(x) if float(x).is_integer() else x) for x in v]
+            lines.append(f"| {case} | {label} | " + " | ".join(cells) + " |")
     return lines
 
 
