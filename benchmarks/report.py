@@ -42,6 +42,8 @@ def fmt(v: float | None, unit: str = "") -> str:
         return "—"
     if v == math.inf:
         return "not arrived"
+    if isinstance(v, int):
+        return f"{v:,}" + unit
     if abs(v) >= 100:
         s = f"{v:,.0f}"
     elif abs(v) >= 10:
@@ -329,7 +331,8 @@ def merged_note(data: dict[str, Any]) -> str:
     for only, started, la, git in parts:
         what = f"scenarios {', '.join(only)}" if only is not None else "the other scenarios"
         text.append(f"{what}: run at {started} (load average {la[0]:.2f} at start; edgemq code {git})")
-    return " Merged results — " + "; ".join(text) + "."
+    return (" Merged results, newest first (a later run of a scenario replaces the earlier one, except a drain "
+            "of another size) — " + "; ".join(text) + ".")
 
 
 def _first(data: dict[str, Any], scenario: str, needle: str) -> str | None:
@@ -419,7 +422,8 @@ def plots(data: dict[str, Any], outdir: Path) -> None:
     import matplotlib.pyplot as plt
 
     g = grouped(data)
-    colors = {"edgemq": "tab:blue", "mosquitto": "tab:orange", "loadgen": "tab:gray"}
+    colors = {"edgemq": "tab:blue", "mosquitto": "tab:orange", "loadgen": "tab:gray", "edgemq-mosq": "tab:green",
+              "mosquitto-persist": "tab:red"}
 
     labels, vals = [], defaultdict(list)
     for scenario in ("ingest", "e2e"):
@@ -465,9 +469,12 @@ def plots(data: dict[str, Any], outdir: Path) -> None:
     drains = [r for r in data["runs"] if r["scenario"] == "drain" and get(r, "result.timeline")]
     if drains:
         fig, ax = plt.subplots(figsize=(7, 4))
+        sizes = sorted({r["case"] for r in drains})
         for r in drains:
             xs, ys = zip(*r["result"]["timeline"], strict=True)
-            ax.plot(xs, ys, label=r["kind"], color=colors[r["kind"]])
+            ax.plot(xs, ys, ["-", "--", ":"][sizes.index(r["case"]) % 3], label=f"{r['kind']}, {r['case']}",
+                    color=colors.get(r["kind"], "black"))
+        ax.set_yscale("log")
         ax.set_xlabel("s since the cloud broker was started")
         ax.set_ylabel("messages arrived at the cloud subscriber")
         ax.set_title("Backlog drain after an outage")
