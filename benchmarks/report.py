@@ -212,7 +212,7 @@ def section(data: dict[str, Any]) -> str:
         "messages delivered to the cloud subscriber; offered rate fixed, QoS 1, cloud subscriber only. "
         "edgemq's *edge node* is broker + buffer + bridge in one process; Mosquitto's edge and cloud are "
         "reported separately and summed.",
-        f"- **Drain**: {p['drain_messages']:,} QoS 1 messages from {p['drain_publishers']} publishers while "
+        f"- **Drain**: 100,000 QoS 1 messages (1,000,000 with `--big`) from {p['drain_publishers']} publishers while "
         "the cloud broker is not running (filled = edgemq's buffer depth / for Mosquitto a local subscriber has "
         "them all; the fill stops when that stalls for 30 s), then the cloud starts "
         "(a cloud subscriber retries every 20 ms until it connects); drain time is from cloud process start to "
