@@ -62,7 +62,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import sqlite_utils
 
@@ -130,9 +130,13 @@ class Record:
         return len(self.topic.encode()) + len(self.payload)
 
 
-@dataclass(frozen=True, slots=True)
-class Stored:
-    """One buffered message, as read back for forwarding."""
+class Stored(NamedTuple):
+    """One buffered message, as read back for forwarding.
+
+    A named tuple, not a frozen dataclass: the drain builds one per message, and a frozen
+    dataclass's ``__init__`` (one ``object.__setattr__`` per field) cost ~2 µs of the ~3 µs per
+    row that ``read`` took.
+    """
 
     seq: int
     topic: str
