@@ -233,17 +233,27 @@ def cluster_toml(cfg: ClusterConfig) -> str:
 
 @dataclass
 class EdgemqTopology(Topology):
-    """edgemq: embedded cloud broker + one edge node (broker + SQLite buffer + bridge)."""
+    """edgemq: one edge node (broker + SQLite buffer + bridge) and a cloud broker.
+
+    ``cloud="amqtt"``: edgemq's embedded cloud broker (``python -m edgemq broker cloud``).
+    ``cloud="mosquitto"``: Debian's Mosquitto as the cloud, the same cloud as in the
+    Mosquitto-bridge topology, so the edge node is compared with Mosquitto's bridge alone.
+    """
 
     log_level: str = "INFO"
+    cloud_kind: str = "amqtt"
+    protocol: str = "3.1.1"
+    inflight: int | None = None  # the bridge's in-flight window (None: the config default)
 
     def __post_init__(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
+        embedded = self.cloud_kind == "amqtt"
         cfg = ClusterConfig.model_validate({
             "run_dir": str(self.work / "run"),
-            "cloud": {"embedded": True, "host": HOST, "port": self.cloud_port},
+            "cloud": {"embedded": embedded, "host": HOST, "port": self.cloud_port, "protocol": self.protocol},
             "sites": [{"id": "plant-1", "brokers": [{"id": "a1", "host": HOST, "port": self.edge_port}]}],
-            "bridge": {"reconnect_min_s": 0.2, "reconnect_max_s": 2.0},
+            "bridge": {"reconnect_min_s": 0.2, "reconnect_max_s": 2.0,
+                       **({"inflight": self.inflight} if self.inflight else {})},
         })
         self.config = self.work / "cluster.toml"
         self.config.write_text(cluster_toml(cfg))
@@ -255,6 +265,14 @@ class EdgemqTopology(Topology):
                      env={"PYTHONUNBUFFERED": "1"})
 
     def start_cloud(self) -> None:
+        if self.cloud_kind == "mosquitto":
+            conf = self.work / "cloud.conf"
+            conf.write_text(f"listener {self.cloud_port} {HOST}\n" + MOSQ_COMMON.format(queue=2_000_000))
+            exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+            self.cloud = spawn([exe, "-c", str(conf)], log=self.work / "cloud.log")
+            if not wait_port(self.cloud_port):
+                raise RuntimeError("mosquitto cloud did not start")
+            return
         self.cloud = self._edgemq("cloud", "cloud")
         if not wait_port(self.cloud_port):
             raise RuntimeError(f"edgemq cloud did not start: {self.work / 'cloud.log'}")
@@ -282,10 +300,15 @@ class MosquittoTopology(Topology):
 
     bridged: bool = True
     queue: int = 2_000_000
+    #: ``persistence true`` on the edge (Mosquitto's default autosave_interval, 1800 s).
+    persist_edge: bool = False
 
     def _conf(self, name: str, port: int, extra: str = "") -> Path:
         path = self.work / f"{name}.conf"
-        path.write_text(f"listener {port} {HOST}\n" + MOSQ_COMMON.format(queue=self.queue) + extra)
+        common = MOSQ_COMMON.format(queue=self.queue)
+        if name == "edge" and self.persist_edge:
+            common = common.replace("persistence false", f"persistence true\npersistence_location {self.work}/")
+        path.write_text(f"listener {port} {HOST}\n" + common + extra)
         return path
 
     def __post_init__(self) -> None:
@@ -324,8 +347,12 @@ class MosquittoTopology(Topology):
 def make_topology(kind: str, work: Path, **kw: Any) -> Topology:
     if kind == "edgemq":
         return EdgemqTopology(kind, work, **kw)
+    if kind == "edgemq-mosq":  # our edge node, Mosquitto as the cloud (same cloud as Mosquitto's bridge)
+        return EdgemqTopology(kind, work, cloud_kind="mosquitto", **kw)
     if kind == "mosquitto":
         return MosquittoTopology(kind, work, **kw)
+    if kind == "mosquitto-persist":
+        return MosquittoTopology(kind, work, persist_edge=True, **kw)
     if kind == "loadgen":
         return MosquittoTopology(kind, work, bridged=False, **kw)
     raise ValueError(kind)

@@ -42,6 +42,8 @@ def fmt(v: float | None, unit: str = "") -> str:
         return "—"
     if v == math.inf:
         return "not arrived"
+    if isinstance(v, int):
+        return f"{v:,}" + unit
     if abs(v) >= 100:
         s = f"{v:,.0f}"
     elif abs(v) >= 10:
@@ -72,6 +74,9 @@ def one_line(rec: dict[str, Any]) -> str:
     if s == "drain":
         return (f"{r.get('received')}/{r.get('filled')} in {fmt(r.get('drain_s_from_cloud_start'))} s, "
                 f"{fmt(r.get('drain_msg_per_s'))} msg/s")
+    if s == "kill":
+        return (f"acked {r.get('acked_before_kill')}, at cloud {r.get('acked_arrived')}, lost {r.get('acked_lost')}, "
+                f"dup {r.get('duplicates')}")
     if s == "overload":
         return (f"sent {r.get('sent')}, cloud rx {get(r, 'cloud.received')}, "
                 f"edge rss max {fmt(r.get('edge_rss_mb_max'))} MB")
@@ -109,17 +114,46 @@ def n_reps(g: Groups, scenario: str, case: str, kind: str) -> int:
 
 # ---- tables -----------------------------------------------------------------------------------
 def table(g: Any, scenario: str, cases: list[str], metrics: list[tuple[str, str, str]]) -> list[str]:
-    """Rows: case x metric; columns edgemq, Mosquitto, ratio."""
-    lines = ["| case | metric | edgemq | Mosquitto | edgemq/Mosquitto | reps |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    """Rows: case x metric; columns edgemq, Mosquitto, ratio (and "edgemq → Mosquitto cloud" if measured)."""
+    mosq_cloud = any(k[0] == scenario and k[2] == "edgemq-mosq" for k in g)
+    if mosq_cloud:
+        lines = ["| case | metric | edgemq | edgemq edge → Mosquitto cloud | Mosquitto | edgemq/Mosquitto | "
+                 "(edgemq → Mosquitto cloud)/Mosquitto | reps |",
+                 "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    else:
+        lines = ["| case | metric | edgemq | Mosquitto | edgemq/Mosquitto | reps |",
+                 "| --- | --- | ---: | ---: | ---: | ---: |"]
     for case in cases:
         for label, path, unit in metrics:
             e = m(g, scenario, case, "edgemq", path)
             q = m(g, scenario, case, "mosquitto", path)
-            if e is None and q is None:
+            x = m(g, scenario, case, "edgemq-mosq", path)
+            if e is None and q is None and x is None:
                 continue
-            reps = f"{n_reps(g, scenario, case, 'edgemq')}/{n_reps(g, scenario, case, 'mosquitto')}"
-            lines.append(f"| {case} | {label} | {fmt(e, unit)} | {fmt(q, unit)} | {ratio(e, q)} | {reps} |")
+            if mosq_cloud:
+                reps = "/".join(str(n_reps(g, scenario, case, k)) for k in ("edgemq", "edgemq-mosq", "mosquitto"))
+                lines.append(f"| {case} | {label} | {fmt(e, unit)} | {fmt(x, unit)} | {fmt(q, unit)} | "
+                             f"{ratio(e, q)} | {ratio(x, q)} | {reps} |")
+            else:
+                reps = f"{n_reps(g, scenario, case, 'edgemq')}/{n_reps(g, scenario, case, 'mosquitto')}"
+                lines.append(f"| {case} | {label} | {fmt(e, unit)} | {fmt(q, unit)} | {ratio(e, q)} | {reps} |")
+    return lines
+
+
+def kill_table(g: Groups, cases: list[str]) -> list[str]:
+    """Scenario "kill": acknowledged messages that survive a kill -9 of the edge broker."""
+    kinds = (("edgemq", "edgemq"), ("mosquitto", "Mosquitto bridge, persistence false"),
+             ("mosquitto-persist", "Mosquitto bridge, persistence true"))
+    lines = ["| case | edge | sent | acknowledged before the kill | of those at the cloud | lost | lost % | "
+             "duplicates |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for case in cases:
+        for kind, label in kinds:
+            if not g.get(("kill", case, kind)):
+                continue
+            v = [m(g, "kill", case, kind, k) for k in ("sent", "acked_before_kill", "acked_arrived", "acked_lost",
+                                                         "lost_pct", "duplicates")]
+            cells = [fmt(None if x is None else int(x) if float(x).is_integer() else x) for x in v]
+            lines.append(f"| {case} | {label} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -152,7 +186,11 @@ def section(data: dict[str, Any]) -> str:
         "",
         "- **Topologies** (fresh processes for every run, all on 127.0.0.1, free ports): *edgemq* = "
         "`python -m edgemq broker cloud` + `python -m edgemq broker edge` (amqtt broker + SQLite buffer, "
-        "durability `os`, 2 ms group commit + aiomqtt uplink, in-flight 100). *Mosquitto* = an edge Mosquitto "
+        "durability `os`, 2 ms group commit + edgemq's own MQTT uplink client (bridge/wire.py + bridge/upstream.py; "
+        "aiomqtt/paho before 2026-11-27), in-flight 100). *edgemq edge → Mosquitto cloud* (e2e and drain): the same "
+        "edge node with Debian's Mosquitto as the cloud, the cloud of the Mosquitto topology, so it measures our "
+        "edge node against Mosquitto's bridge without amqtt's cloud broker (~560 µs CPU per message) in the way. "
+        "*Mosquitto* = an edge Mosquitto "
         "bridged to a cloud Mosquitto (`connection cloud`, `address`, `topic telemetry/# out 1`, "
         "`cleansession false`, `persistence false`, `max_inflight_messages 100`, `max_queued_messages 2000000`): "
         "its bridge queue is in memory, not durable.",
@@ -174,11 +212,20 @@ def section(data: dict[str, Any]) -> str:
         "messages delivered to the cloud subscriber; offered rate fixed, QoS 1, cloud subscriber only. "
         "edgemq's *edge node* is broker + buffer + bridge in one process; Mosquitto's edge and cloud are "
         "reported separately and summed.",
-        f"- **Drain**: {p['drain_messages']:,} QoS 1 messages from {p['drain_publishers']} publishers while "
+        f"- **Drain**: 100,000 QoS 1 messages (1,000,000 with `--big`) from {p['drain_publishers']} publishers while "
         "the cloud broker is not running (filled = edgemq's buffer depth / for Mosquitto a local subscriber has "
         "them all; the fill stops when that stalls for 30 s), then the cloud starts "
         "(a cloud subscriber retries every 20 ms until it connects); drain time is from cloud process start to "
-        "the last arrival; drain rate from first to last arrival. One repetition.",
+        "the last arrival; drain rate from first to last arrival. One repetition. The 1,000,000-message "
+        "drain (`--big`) writes edgemq's backlog straight into the edge node's buffer file before it starts "
+        "(the amqtt edge ingests only ~600 QoS 1 msg/s here, ~30 min for a million; its fill rate is then the "
+        "file write), and is run for *edgemq edge → Mosquitto cloud* and *Mosquitto* only (`--drain-kinds`).",
+        "- **Kill -9** (`benchmarks/bench_kill.py`): 4 paho publishers at 1,000 QoS 1 msg/s in total for 6 s, "
+        "then SIGKILL of the edge broker; *acknowledged* = the ids whose PUBACK the publishers had received before "
+        "the kill. The edge is restarted (with *cloud down*, the cloud was not running during the load and starts "
+        "after the edge restart, so every acknowledged message was still queued at the edge); a cloud subscriber "
+        "counts the acknowledged ids that arrive (until all have, or nothing new for 15 s). Mosquitto persistence "
+        "true uses its default `autosave_interval` (1800 s). One repetition.",
         f"- **Overload**: QoS 0 offered by one publisher at 2× edgemq's measured QoS 0 single-publisher "
         f"ingest rate for {p['overload_s']:.0f} s (same offered rate for Mosquitto, for which it is not an "
         f"overload), edge subscriber QoS 0 + cloud subscriber QoS 1, then up to {p['overload_grace_s']:.0f} s "
@@ -245,6 +292,10 @@ def section(data: dict[str, Any]) -> str:
         out += [f"### {title}", "", *table(g, scenario, cs, metrics), ""]
         if scenario == "cpu":
             out += cpu_sum(g, cs)
+        if scenario == "drain":
+            kc = cases_of(data, "kill")
+            if kc:
+                out += ["### 4b. kill -9 of the edge broker under QoS 1 load", "", *kill_table(g, kc), ""]
         if scenario == "overload" and data.get("overload_basis"):
             b = data["overload_basis"]
             out += [f"Offered rate = {b['factor']:.0f} × {b['edgemq_qos0_ingest_msg_per_s']:,.0f} msg/s, edgemq's "
@@ -261,15 +312,27 @@ def section(data: dict[str, Any]) -> str:
 
 
 def merged_note(data: dict[str, Any]) -> str:
+    """Which scenarios come from which run, when results were merged (``--merge``), newest first."""
     mf = data.get("merged_from")
     if not mf:
         return ""
-    redone = sorted({r["scenario"] for r in data["runs"]} - {"loadgen", "ingest", "e2e", "latency", "cpu"})
-    la = mf.get("loadavg_start") or [0]
-    return (f" Scenarios {', '.join(redone)} were re-run at {data['started']} (load average "
-            f"{data['loadavg_start'][0]:.2f} at start) with the harness fixed; the other runs are from "
-            f"{mf['started']} (load average {la[0]:.2f} at start; edgemq code measured then: "
-            f"{(mf.get('machine') or {}).get('git', '?')}).")
+    parts = [(data.get("args", {}).get("only") or [], data["started"], data["loadavg_start"],
+              data["machine"].get("git", "?"))]
+    node = mf
+    while node:
+        if node.get("previous"):
+            parts.append((node.get("only") or [], node["started"], node.get("loadavg_start") or [0],
+                          (node.get("machine") or {}).get("git", "?")))
+        else:
+            parts.append((None, node["started"], node.get("loadavg_start") or [0],
+                          (node.get("machine") or {}).get("git", "?")))
+        node = node.get("previous")
+    text = []
+    for only, started, la, git in parts:
+        what = f"scenarios {', '.join(only)}" if only is not None else "the other scenarios"
+        text.append(f"{what}: run at {started} (load average {la[0]:.2f} at start; edgemq code {git})")
+    return (" Merged results, newest first (a later run of a scenario replaces the earlier one, except a drain "
+            "of another size) — " + "; ".join(text) + ".")
 
 
 def _first(data: dict[str, Any], scenario: str, needle: str) -> str | None:
@@ -359,7 +422,8 @@ def plots(data: dict[str, Any], outdir: Path) -> None:
     import matplotlib.pyplot as plt
 
     g = grouped(data)
-    colors = {"edgemq": "tab:blue", "mosquitto": "tab:orange", "loadgen": "tab:gray"}
+    colors = {"edgemq": "tab:blue", "mosquitto": "tab:orange", "loadgen": "tab:gray", "edgemq-mosq": "tab:green",
+              "mosquitto-persist": "tab:red"}
 
     labels, vals = [], defaultdict(list)
     for scenario in ("ingest", "e2e"):
@@ -405,9 +469,12 @@ def plots(data: dict[str, Any], outdir: Path) -> None:
     drains = [r for r in data["runs"] if r["scenario"] == "drain" and get(r, "result.timeline")]
     if drains:
         fig, ax = plt.subplots(figsize=(7, 4))
+        sizes = sorted({r["case"] for r in drains})
         for r in drains:
             xs, ys = zip(*r["result"]["timeline"], strict=True)
-            ax.plot(xs, ys, label=r["kind"], color=colors[r["kind"]])
+            ax.plot(xs, ys, ["-", "--", ":"][sizes.index(r["case"]) % 3], label=f"{r['kind']}, {r['case']}",
+                    color=colors.get(r["kind"], "black"))
+        ax.set_yscale("log")
         ax.set_xlabel("s since the cloud broker was started")
         ax.set_ylabel("messages arrived at the cloud subscriber")
         ax.set_title("Backlog drain after an outage")

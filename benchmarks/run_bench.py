@@ -1,7 +1,9 @@
 """``make bench``: edgemq against Mosquitto, side by side in one run (issue 9).
 
 Scenarios (each for edgemq and for an edge Mosquitto bridged at QoS 1 to a cloud
-Mosquitto, alternating, fresh processes per run, medians of ``--reps``):
+Mosquitto, alternating, fresh processes per run, medians of ``--reps``; e2e and drain
+also for ``edgemq-mosq``: our edge node with Mosquitto as the cloud, i.e. the same cloud
+as Mosquitto's bridge, so the edge node alone is compared):
 
   loadgen  the load generator against one Mosquitto alone (its own ceiling)
   ingest   edge ingest, QoS 0/1, 1/100 publishers, 100-byte payloads (local subscriber)
@@ -9,6 +11,7 @@ Mosquitto, alternating, fresh processes per run, medians of ``--reps``):
   latency  p50/p99/p99.9 at fixed offered rates (edge and cloud subscribers)
   cpu      broker CPU per delivered message at fixed offered rates (cloud subscriber)
   drain    backlog filled while the cloud is down, then drained
+  kill     kill -9 of the edge broker under QoS 1 load: acknowledged messages that reach the cloud
   overload QoS 0 at 2x edgemq's measured ingest capacity for a bounded time
   idle     N idle connections: RSS per connection
 
@@ -36,6 +39,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_kill
 import harness
 import report
 import scenarios as sc
@@ -43,6 +47,11 @@ import scenarios as sc
 RESULTS = Path(__file__).resolve().parent / "results"
 QUICK_RESULTS = RESULTS / "quick"  # --quick never overwrites the figures of a full run
 KINDS = ("edgemq", "mosquitto")
+#: e2e and drain also measure our edge node against Mosquitto as the cloud.
+EDGE_KINDS = ("edgemq", "edgemq-mosq", "mosquitto")
+KILL_KINDS = ("edgemq", "mosquitto", "mosquitto-persist")
+KILL_CASES = (("QoS 1 at 1,000 msg/s, cloud up", {"outage": False}),
+              ("QoS 1 at 1,000 msg/s, cloud down (backlog at the edge)", {"outage": True}))
 
 
 def cases(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any], tuple[str, ...]]]:
@@ -57,7 +66,7 @@ def cases(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any], tupl
                     {"qos": q, "n_pubs": n, "at": "edge"}, KINDS))
     for n in (1, 100):
         out.append(("e2e", f"QoS 1, {n} publisher{'s' if n > 1 else ''}",
-                    {"qos": 1, "n_pubs": n, "at": "cloud"}, KINDS))
+                    {"qos": 1, "n_pubs": n, "at": "cloud"}, EDGE_KINDS))
     for r in args.latency_rates:
         out.append(("latency", f"{r:,} msg/s QoS 1", {"rate": r, "qos": 1, "subs_at": ("edge", "cloud")}, KINDS))
     for r in args.cpu_rates:
@@ -69,7 +78,9 @@ def planned(args: argparse.Namespace, todo: list[tuple[str, str, dict[str, Any],
     """The scenario of every run ``Runner.main`` will make, in order (for "run i of N" and the estimate)."""
     names = [scenario for _ in range(args.reps) for scenario, _, _, kinds in todo for _ in kinds]
     if "drain" in args.only:
-        names += ["drain"] * len(KINDS)
+        names += ["drain"] * len(args.drain_kinds)
+    if "kill" in args.only:
+        names += ["kill"] * len(KILL_KINDS) * len(KILL_CASES)
     if "overload" in args.only:
         names += ([] if args.overload_rate else ["calibrate"]) + ["overload"] * len(KINDS)
     if "idle" in args.only:
@@ -150,6 +161,8 @@ def run_one(scenario: str, kind: str, work: Path, kw: dict[str, Any], p: sc.Para
         return sc.run_paced(kind, work, p=p, **kw)
     if scenario == "drain":
         return sc.run_drain(kind, work, p=p)
+    if scenario == "kill":
+        return bench_kill.run_kill(kind, work, **kw)
     if scenario == "overload":
         return sc.run_overload(kind, work, p=p, **kw)
     if scenario == "idle":
@@ -175,11 +188,16 @@ class Runner:
         if args.merge and (self.out / "latest.json").exists():
             # Re-run some scenarios, keep the others' runs from the previous results file.
             old = json.loads((self.out / "latest.json").read_text())
-            kept = [r for r in old.get("runs", []) if r["scenario"] not in args.only | {"calibrate"}]
+            # A drain of another size (e.g. --big's 1,000,000 next to the default 100,000) is kept.
+            drain_case = f"{p.drain_messages:,} messages"
+            kept = [r for r in old.get("runs", []) if r["scenario"] not in args.only | {"calibrate"}
+                    or (r["scenario"] == "drain" and r["case"] != drain_case)]
             self.data["runs"] = kept
             self.data["merged_from"] = {"started": old.get("started"), "loadavg_start": old.get("loadavg_start"),
                                         "loadavg_end": old.get("loadavg_end"), "total_s": old.get("total_s"),
-                                        "machine": old.get("machine"), "kept_runs": len(kept)}
+                                        "machine": old.get("machine"), "kept_runs": len(kept),
+                                        "only": old.get("args", {}).get("only"),
+                                        "previous": old.get("merged_from")}
             self.data["args"]["reps"] = old.get("args", {}).get("reps", args.reps)
 
     def save(self) -> None:
@@ -238,8 +256,12 @@ class Runner:
                 for kind in order:
                     self.run(scenario, case, kind, rep, kw)
         if "drain" in self.args.only:
-            for kind in KINDS:
+            for kind in self.args.drain_kinds:
                 self.run("drain", f"{self.p.drain_messages:,} messages", kind, 0, {})
+        if "kill" in self.args.only:
+            for case, kw in KILL_CASES:
+                for kind in KILL_KINDS:
+                    self.run("kill", case, kind, 0, kw)
         if "overload" in self.args.only:
             rate = self.overload_rate()
             for kind in KINDS:
@@ -274,9 +296,13 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, sc.Params]
                     help="2-3 minute smoke: 1 rep, short windows, small counts; "
                     "writes results/quick/, not BENCHMARKS.md")
     ap.add_argument("--reps", type=int, default=None, help="repetitions of each measured case (default 2)")
-    ap.add_argument("--only", default="loadgen,ingest,e2e,latency,cpu,drain,overload,idle")
-    ap.add_argument("--big", action="store_true", help="drain 1,000,000 messages and hold 10,000 idle connections")
+    ap.add_argument("--only", default="loadgen,ingest,e2e,latency,cpu,drain,kill,overload,idle")
+    ap.add_argument("--big", action="store_true", help="drain 1,000,000 messages (edgemq's backlog written straight "
+                    "into its buffer file) and hold 10,000 idle connections")
     ap.add_argument("--drain-messages", type=int, default=None)
+    ap.add_argument("--drain-kinds", default=",".join(EDGE_KINDS),
+                    help="which topologies drain (e.g. edgemq-mosq,mosquitto for a 1,000,000 drain without "
+                    "the amqtt cloud, which alone takes ~12 min to acknowledge it)")
     ap.add_argument("--idle-connections", type=int, default=None)
     ap.add_argument("--overload-s", type=float, default=None)
     ap.add_argument("--overload-rate", type=float, default=None, help="fixed offered rate (default 2x measured)")
@@ -296,11 +322,13 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, sc.Params]
     args.reps = args.reps or 2
     if args.big:
         p.drain_messages, p.idle_connections, p.drain_cap_s = 1_000_000, 10_000, 3600
+        p.drain_prefill = True
     p.drain_messages = args.drain_messages or p.drain_messages
     p.idle_connections = args.idle_connections or p.idle_connections
     p.overload_s = args.overload_s or p.overload_s
     p.window_s = args.window_s or p.window_s
     args.only = set(args.only.split(","))
+    args.drain_kinds = tuple(args.drain_kinds.split(","))
     return args, p
 
 

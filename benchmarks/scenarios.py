@@ -1,6 +1,7 @@
 """The benchmark scenarios of issue 9; each run starts fresh broker processes and stops them.
 
-Every function takes a broker kind ('edgemq', 'mosquitto', or 'loadgen' = one Mosquitto
+Every function takes a broker kind ('edgemq', 'edgemq-mosq' = our edge node with Mosquitto
+as the cloud, 'mosquitto', or 'loadgen' = one Mosquitto
 alone, to show the load generator's ceiling) and returns one JSON-able dict. Runs are
 bounded: a message budget and a wall-clock window, both in ``Params``.
 """
@@ -9,6 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import shutil
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +41,9 @@ class Params:
     drain_messages: int = 100_000
     drain_publishers: int = 10
     drain_cap_s: float = 600.0
+    #: edgemq kinds: write the backlog straight into the edge node's SQLite buffer instead of
+    #: publishing it (the amqtt edge ingests ~600 QoS 1 msg/s here: 1,000,000 would take ~30 min).
+    drain_prefill: bool = False
     overload_s: float = 30.0
     overload_grace_s: float = 30.0
     idle_connections: int = 2_000
@@ -176,22 +184,30 @@ def run_paced(kind: str, work: Path, *, rate: float, qos: int, subs_at: tuple[st
     return res
 
 
-def run_drain(kind: str, work: Path, *, p: Params) -> dict[str, Any]:
-    """Scenario 4: fill a backlog while the cloud is down, start the cloud, time the drain."""
+def run_drain(kind: str, work: Path, *, p: Params, profile: Path | None = None,
+              topo_kw: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Scenario 4: fill a backlog while the cloud is down, start the cloud, time the drain.
+
+    ``profile``: record the edge process with py-spy (raw collapsed stacks) during the drain.
+    """
     n_pubs = p.drain_publishers
     per_pub = max(1, p.drain_messages // n_pubs)
     total = per_pub * n_pubs
-    files = blast_files(work.parent, n_pubs, per_pub)
-    topo = make_topology(kind, work).start(cloud=False)
+    prefill = p.drain_prefill and kind.startswith("edgemq")
+    files = [] if prefill else blast_files(work.parent, n_pubs, per_pub)
+    topo = make_topology(kind, work, **(topo_kw or {}))
+    t0 = time.monotonic()
+    if prefill:
+        prefill_buffer(topo, n_pubs, per_pub)  # type: ignore[arg-type]
+    topo.start(cloud=False)
     try:
         edge_sub = Sub(work, "edge", topo.edge_port, 1)
-        t0 = time.monotonic()
         blast = Blast(files, topo.edge_port, 1, hold_s=p.drain_cap_s + 60)
         last, last_change = 0, time.monotonic()
         def backlog() -> int:
             # Mosquitto: a local subscriber has every message (each one was accepted and queued
             # for the bridge). edgemq: the buffer's own depth (its local delivery can lag far behind).
-            if kind == "edgemq":
+            if kind.startswith("edgemq"):
                 return int((topo.stats().get("buffer") or {}).get("depth_messages") or 0)
             return edge_sub.count()
 
@@ -215,6 +231,12 @@ def run_drain(kind: str, work: Path, *, p: Params) -> dict[str, Any]:
         topo.start_cloud()
         cloud_sub.wait_ready()
         cpu0 = cpu_seconds(topo.edge_procs())
+        spy = None
+        if profile is not None and topo.edge is not None:
+            exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+            spy = subprocess.Popen([exe, "record", "--format", "raw", "-o", str(profile), "--pid",
+                                    str(topo.edge.pid), "--rate", "100", "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         last, last_change = 0, time.monotonic()
         t1 = time.monotonic()
         while True:
@@ -226,11 +248,15 @@ def run_drain(kind: str, work: Path, *, p: Params) -> dict[str, Any]:
                 break
             time.sleep(0.2)
         edge_cpu = cpu_seconds(topo.edge_procs()) - cpu0
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            spy.wait(timeout=30)
         cloud_sub.close()
     finally:
         topo.stop()
     arr = cloud_sub.arrivals()
-    res: dict[str, Any] = {"backlog": total, "filled": filled, "fill_s": fill_s, "fill_msg_per_s": filled / fill_s,
+    res: dict[str, Any] = {"backlog": total, "filled": filled, "prefilled": prefill, "fill_s": fill_s,
+                           "fill_msg_per_s": filled / fill_s,
                            "edge_rss_mb_with_backlog": edge_rss, "received": len(arr),
                            "unique": len({a[1] for a in arr})}
     if arr:
@@ -244,6 +270,24 @@ def run_drain(kind: str, work: Path, *, p: Params) -> dict[str, Any]:
         res["edgemq_buffer_before"] = {k: stats_before["buffer"].get(k) for k in
                                        ("depth_messages", "depth_bytes", "dropped")}
     return res
+
+
+def prefill_buffer(topo: Any, n_pubs: int, per_pub: int) -> None:
+    """Write the drain backlog into the edge node's buffer file, as ``n_pubs`` publishers would have."""
+    from harness import line, topic_of
+
+    from bridge.buffer import Buffer, Record  # the benchmark's only use of edgemq internals
+
+    path = topo.work / "run" / "data" / "plant-1" / "a1.sqlite3"
+    buf = Buffer.open(path, max_messages=10_000_000, max_bytes=10**11)
+    try:
+        now = time.time()
+        for base in range(0, per_pub, 1000):  # interleave publishers like concurrent ones
+            recs = [Record(topic=topic_of(i), payload=line(i * per_pub + k)[:-1], device=f"plant-1/dev-{i:03d}")
+                    for k in range(base, min(base + 1000, per_pub)) for i in range(n_pubs)]
+            buf.append_many(recs, now)
+    finally:
+        buf.close()
 
 
 def _timeline(ts_ns: list[int], t0_ns: int, buckets: int = 60) -> list[tuple[float, int]]:

@@ -62,7 +62,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import sqlite_utils
 
@@ -102,6 +102,10 @@ _COUNTERS: tuple[str, ...] = (
     "peak_depth_bytes",
     "last_seq",
     "seq_reserved",
+    # The uplink's, kept here so a restart (even after kill -9) knows what it re-sends:
+    # the highest seq ever handed to a cloud connection, and how many were sent again.
+    "uplink_sent_high",
+    "uplink_resent",
 )
 _SQLITE_CORRUPT = 11
 _SQLITE_FULL = 13
@@ -126,9 +130,13 @@ class Record:
         return len(self.topic.encode()) + len(self.payload)
 
 
-@dataclass(frozen=True, slots=True)
-class Stored:
-    """One buffered message, as read back for forwarding."""
+class Stored(NamedTuple):
+    """One buffered message, as read back for forwarding.
+
+    A named tuple, not a frozen dataclass: the drain builds one per message, and a frozen
+    dataclass's ``__init__`` (one ``object.__setattr__`` per field) cost ~2 µs of the ~3 µs per
+    row that ``read`` took.
+    """
 
     seq: int
     topic: str
@@ -182,6 +190,8 @@ class BufferStats:
     max_messages: int
     max_bytes: int
     commits: int
+    uplink_sent_high: int = 0
+    uplink_resent: int = 0
 
 
 class _Unusable(Exception):
@@ -487,6 +497,12 @@ class Buffer:
             self._c["forwarded"] += removed
         return removed
 
+    def note_uplink(self, sent_high: int, resent: int) -> None:
+        """Record the uplink's counters; written with the next transaction (no commit of its own)."""
+        c = self._c
+        c["uplink_sent_high"] = max(c["uplink_sent_high"], sent_high)
+        c["uplink_resent"] = max(c["uplink_resent"], resent)
+
     # ------------------------------------------------------------------ expiry
 
     def expire(self, now: float) -> int:
@@ -559,6 +575,8 @@ class Buffer:
             max_messages=self.max_messages,
             max_bytes=self.max_bytes,
             commits=self.commits,
+            uplink_sent_high=c["uplink_sent_high"],
+            uplink_resent=c["uplink_resent"],
         )
 
     @property

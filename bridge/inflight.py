@@ -31,6 +31,9 @@ class InflightWindow:
     def __len__(self) -> int:
         return len(self._by_mid)
 
+    def __contains__(self, mid: object) -> bool:
+        return mid in self._by_mid
+
     @property
     def full(self) -> bool:
         """No room for another publish until a PUBACK arrives."""

@@ -1,27 +1,29 @@
 """The bridge's MQTT link to the cloud: uplink drain from the buffer, downlink commands.
 
 One MQTT connection per edge broker (client id ``edgemq-bridge-{site}-{broker}``,
-persistent session) carries both directions, as Mosquitto's bridge does.
+persistent session) carries both directions, as Mosquitto's bridge does. It is
+edgemq's own lean client: :mod:`bridge.wire` (the MQTT 3.1.1/5 codec) under
+:mod:`bridge.upstream` (a thin asyncio protocol). paho/aiomqtt cost 30-40 % of the
+edge node's CPU during a drain (docs/buffer.md, "Drain performance").
 
 Uplink, top-down (Litestream style): progress is a *position* — the last buffer
-seq handed to the connection. The forwarder reads the buffer after that
-position in seq order, publishes with at most ``inflight`` messages unacknowledged,
-and acknowledges a row to the buffer (which deletes it) only after the upstream
-PUBACK. When the connection breaks, in-flight publishes are abandoned and the
-position restarts at 0: everything not yet acknowledged is re-sent from the
-oldest, in order (at-least-once; duplicates carry the same stable id). It wakes
-when the buffer commits something new, or on a ticker.
+seq read for the connection. The forwarder reads a batch of rows after that
+position in seq order, encodes as many PUBLISH packets as the in-flight window
+(and the optional rate limit) allows and hands them to the transport in **one**
+write; PUBACKs are parsed in ``data_received`` and the seqs acknowledged during
+one event-loop turn go to ``store.ack`` together, which deletes the rows. When
+the connection breaks, in-flight publishes are abandoned and the position
+restarts at 0: everything not yet acknowledged is re-sent from the oldest, in
+order (at-least-once; duplicates carry the same stable id). It wakes when the
+buffer commits something new, or on a ticker. One watchdog task breaks the link
+when the oldest unacknowledged publish has waited ``puback_timeout_s`` (30 s).
 
-Hot path: records are published through the paho client inside aiomqtt
-(``client._client``) with no task, future or timeout per message. One
-``on_publish`` dispatcher maps each PUBACK's packet id to its seq through the
-:class:`~bridge.inflight.InflightWindow` (other packet ids go on to aiomqtt);
-the seqs acknowledged during one event-loop turn go to ``store.ack`` together.
-One watchdog task breaks the link when the oldest unacknowledged publish has
-waited ``puback_timeout_s`` (30 s).
+Live data and backlog share this one ordered path: a message that arrives during
+a drain is sent after everything older than it (see docs/guarantees.md).
 
 Downlink: messages arriving on the downlink filters are injected into the local
-broker (``inject``), which never feeds them back to the uplink.
+broker (``inject``), which never feeds them back to the uplink; a QoS 1 command is
+acknowledged to the cloud only after its injection (at-least-once).
 
 State is published retained on ``edgemq/{site}/{broker}/state`` at the cloud,
 with a will that says offline.
@@ -40,13 +42,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import aiomqtt
-from paho.mqtt.client import error_string as paho_error
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
+from bridge import wire
 from bridge.backoff import Backoff
 from bridge.inflight import InflightWindow
+from bridge.upstream import ConnectSpec, Upstream
 from broker.config import BridgeConfig, CloudConfig
 from broker.errors import LinkBroken
 from broker.ratelog import RateLimitedLog
@@ -58,6 +57,10 @@ log = logging.getLogger(__name__)
 
 PUBACK_TIMEOUT_S = 30.0
 HEALTHY_AFTER_S = 10.0
+#: Rows read from the buffer per read; the window bounds what is actually in flight.
+READ_BATCH = 1000
+#: The id user property of every uplink message over MQTT 5.
+ID_PROPERTY = "edgemq-id"
 
 
 class StoredLike(Protocol):
@@ -71,7 +74,11 @@ class StoredLike(Protocol):
 
 
 class StoreLike(Protocol):
-    """The parts of the buffer's async store the link uses."""
+    """The parts of the buffer's async store the link uses.
+
+    Optional: ``uplink_counters() -> (sent_high, resent)`` and
+    ``note_uplink(sent_high, resent)``, which persist the re-send count across restarts.
+    """
 
     async def read(self, after_seq: int, limit: int) -> list[Any]: ...
     def ack(self, seqs: list[int]) -> None: ...
@@ -91,9 +98,23 @@ def stats_topic(site: str, broker: str) -> str:
     return f"edgemq/{site}/{broker}/stats"
 
 
+def ssl_context(cloud: CloudConfig) -> ssl.SSLContext | None:
+    """The uplink's TLS context: the cloud's certificate and name verified unless ``insecure``."""
+    t = cloud.tls
+    if t is None:
+        return None
+    ctx = ssl.create_default_context(cafile=str(t.ca_file) if t.ca_file else None)
+    if t.cert_file:
+        ctx.load_cert_chain(str(t.cert_file), str(t.key_file) if t.key_file else None)
+    if t.insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 @dataclass(frozen=True)
 class LinkStats:
-    """Snapshot of the link."""
+    """Snapshot of the link. ``resent`` counts since the buffer file was created (persisted)."""
 
     state: str
     connects: int
@@ -151,6 +172,7 @@ class Uplink:
         self._ack_flush_scheduled = False
         self._room: asyncio.Future[None] | None = None  # set when a PUBACK frees the window
         self._routes: dict[str, tuple[str, int]] = {}  # local topic -> (remote topic, qos)
+        self._counters_loaded = False
 
     # ---- public ---------------------------------------------------------------------------
     def statistics(self) -> LinkStats:
@@ -173,6 +195,7 @@ class Uplink:
 
     async def run(self) -> None:
         """Connect, serve, and reconnect with back-off, until cancelled."""
+        self._load_counters()
         while True:
             self._set_state("connecting")
             started = time.monotonic()
@@ -181,7 +204,7 @@ class Uplink:
             except asyncio.CancelledError:
                 self._set_state("closed")
                 raise
-            except (aiomqtt.MqttError, OSError, LinkBroken, ssl.SSLError) as exc:
+            except (LinkBroken, OSError, ssl.SSLError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self._ratelog.warning(
                     "link-down", "uplink %s/%s to %s:%s down: %s",
@@ -196,156 +219,177 @@ class Uplink:
             await asyncio.sleep(delay)
 
     # ---- one connection -------------------------------------------------------------------
-    def _client(self) -> aiomqtt.Client:
+    def connect_spec(self) -> ConnectSpec:
+        """What the uplink's CONNECT says and where it dials."""
         v5 = self.cloud.protocol == "5"
         password = os.environ.get(self.cloud.password_env) if self.cloud.password_env else None
-        tls_params = None
-        tls_insecure = None
-        if self.cloud.tls is not None:
-            t = self.cloud.tls
-            tls_params = aiomqtt.TLSParameters(
-                ca_certs=str(t.ca_file) if t.ca_file else None,
-                certfile=str(t.cert_file) if t.cert_file else None,
-                keyfile=str(t.key_file) if t.key_file else None,
-            )
-            tls_insecure = t.insecure
         offline = json.dumps({"site": self.site, "broker": self.broker_id, "state": "offline"})
-        connect_props = None
-        if v5:
-            connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho is untyped
-            connect_props.SessionExpiryInterval = 0xFFFFFFFF
-        client = aiomqtt.Client(
-            self.cloud.host,
-            self.cloud.port,
-            identifier=f"edgemq-bridge-{self.site}-{self.broker_id}",
+        return ConnectSpec(
+            host=self.cloud.host,
+            port=self.cloud.port,
+            client_id=f"edgemq-bridge-{self.site}-{self.broker_id}",
+            version=wire.MQTT5 if v5 else wire.MQTT311,
+            keepalive=self.cloud.keepalive_s,
             username=self.cloud.username,
             password=password,
-            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            clean_session=None if v5 else False,
-            clean_start=False if v5 else 3,  # 3 == paho's MQTT_CLEAN_START_FIRST_ONLY (ignored for 3.1.1)
-            properties=connect_props,
-            will=aiomqtt.Will(state_topic(self.site, self.broker_id), offline, qos=1, retain=True),
-            keepalive=self.cloud.keepalive_s,
-            tls_params=tls_params,
-            tls_insecure=tls_insecure,
-            timeout=10,
-            max_inflight_messages=self.bridge.inflight + 2,
-            logger=logging.getLogger("bridge.paho"),
+            will=wire.Will(state_topic(self.site, self.broker_id), offline.encode(), qos=1, retain=True),
+            clean=False,  # persistent session: commands queued for us while we were away
+            session_expiry=0xFFFFFFFF if v5 else None,
+            ssl_context=ssl_context(self.cloud),
         )
-        # aiomqtt warns above 10 pending publishes; our window is the bound that matters.
-        client.pending_calls_threshold = self.bridge.inflight + 10
-        return client
 
     async def _serve_once(self) -> None:
-        async with self._client() as client:
+        conn = await Upstream.open(self.connect_spec())
+        try:
             self.connects += 1
             self._set_state("connected")
             log.info("uplink %s/%s connected to %s:%s", self.site, self.broker_id, self.cloud.host, self.cloud.port)
+            queue: asyncio.Queue[wire.Publish] = asyncio.Queue()
+            conn.on_message = queue.put_nowait
             online = json.dumps(
                 {"site": self.site, "broker": self.broker_id, "state": "online", "since": time.time()}
             )
-            await client.publish(state_topic(self.site, self.broker_id), online, qos=1, retain=True)
-            for topic_filter, qos in self.downlink_map.remote_filters():
-                await client.subscribe(topic_filter, qos)
-            # Both directions share the connection: the first to fail ends it, and its own
+            await conn.publish(state_topic(self.site, self.broker_id), online.encode(), qos=1, retain=True)
+            filters = [(f, min(q, 1)) for f, q in self.downlink_map.remote_filters()]
+            if filters:
+                codes = await conn.subscribe(filters)
+                for (topic_filter, _), code in zip(filters, codes, strict=False):
+                    if code >= 0x80:
+                        log.warning("uplink %s/%s: the cloud refused the subscription %s (code %#04x)",
+                                    self.site, self.broker_id, topic_filter, code)
+            # Every task shares the connection: the first to fail ends it, and its own
             # exception (not an ExceptionGroup) goes to run()'s reconnect logic.
-            tasks = [
-                asyncio.create_task(self._forward(client), name=f"uplink-forward-{self.broker_id}"),
+            closed = asyncio.create_task(conn.wait_closed(), name=f"uplink-closed-{self.broker_id}")
+            tasks: list[asyncio.Task[Any]] = [
+                closed,
+                asyncio.create_task(self._forward(conn), name=f"uplink-forward-{self.broker_id}"),
                 asyncio.create_task(self._watchdog(), name=f"uplink-watchdog-{self.broker_id}"),
-                asyncio.create_task(self._downlink(client), name=f"downlink-{self.broker_id}"),
+                asyncio.create_task(self._downlink(conn, queue), name=f"downlink-{self.broker_id}"),
+                asyncio.create_task(conn.keepalive(self._keepalive_s(conn)), name=f"keepalive-{self.broker_id}"),
             ]
             if self.stats is not None:
-                tasks.append(asyncio.create_task(self._publish_stats(client), name=f"stats-{self.broker_id}"))
+                tasks.append(asyncio.create_task(self._publish_stats(conn), name=f"stats-{self.broker_id}"))
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+            if closed in done and not closed.cancelled():
+                raise closed.result()  # how the connection ended says most
             for task in done:
                 exc = task.exception()
                 if exc is not None:
                     raise exc
             raise LinkBroken("link task ended without an error", recoverable=True)
+        finally:
+            conn.close()
 
-    async def _forward(self, client: aiomqtt.Client) -> None:
-        paho = client._client  # the hot path bypasses aiomqtt's per-call machinery (aiomqtt 2.x)
-        aiomqtt_on_publish: Any = paho.on_publish
+    def _keepalive_s(self, conn: Upstream) -> float:
+        server = conn.connack.properties.get(wire.SERVER_KEEP_ALIVE) if conn.connack else None
+        return float(server) if isinstance(server, int) and server > 0 else float(self.cloud.keepalive_s)
 
-        def on_publish(c: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
-            seq = self._window.acked(mid)
-            if seq is None:  # one of aiomqtt's own publishes (state, stats)
-                if aiomqtt_on_publish is not None:
-                    aiomqtt_on_publish(c, userdata, mid, reason_code, properties)
-            else:
-                if getattr(reason_code, "is_failure", False):
-                    # MQTT 5: the cloud answered but refused the message (e.g. 0x87 not
-                    # authorized). Retrying would block the whole backlog behind it, so the
-                    # row is released like any acknowledged one, and the refusal is counted
-                    # and logged: never silent.
-                    self.refused_upstream += 1
-                    self._ratelog.warning(
-                        "refused-upstream", "uplink %s/%s: the cloud refused %s: %s",
-                        self.site, self.broker_id, self.message_id(seq), reason_code,
-                    )
-                self._on_acked(seq)
-
-        paho.on_publish = on_publish
+    async def _forward(self, conn: Upstream) -> None:
+        """Drain the buffer into the connection: batches of PUBLISH, one write each."""
         loop = asyncio.get_running_loop()
         window = self._window
+        limit = self.bridge.inflight
+        receive_max = conn.connack.properties.get(wire.RECEIVE_MAXIMUM) if conn.connack else None
+        if isinstance(receive_max, int) and 0 < receive_max < limit:
+            limit = receive_max  # MQTT 5: the server allows at most this many unacknowledged
+        window.limit = min(limit, 65_000)  # leave packet ids for control publishes
+        conn.in_use = window.__contains__
+        conn.on_puback = self._on_puback
         position = 0
+        pending: list[Any] = []
+        idx = 0
         rate = self.bridge.rate_limit
         next_slot = time.monotonic()
         try:
             while True:
-                batch = await self.store.read(position, self.bridge.inflight)
-                if not batch:
-                    await self.store.wait_for_data(position, 1.0)
+                if idx >= len(pending):
+                    pending, idx = await self.store.read(position, max(READ_BATCH, window.limit)), 0
+                    if not pending:
+                        await self.store.wait_for_data(position, 1.0)
+                        continue
+                    position = pending[-1].seq
+                room = window.limit - len(window)
+                if room <= 0:
+                    self._room = loop.create_future()
+                    await self._room
                     continue
-                for rec in batch:
-                    while window.full:
-                        self._room = loop.create_future()
-                        await self._room
-                    if rate is not None:
+                k = min(room, len(pending) - idx)
+                if rate is not None:
+                    # At most 10 ms worth of messages at once; never a burst after an idle spell.
+                    now = time.monotonic()
+                    if next_slot > now:
+                        await asyncio.sleep(next_slot - now)
                         now = time.monotonic()
-                        if next_slot > now:
-                            await asyncio.sleep(next_slot - now)
-                        next_slot = max(next_slot, now) + 1.0 / rate
-                    self._publish(paho, rec)
-                    position = rec.seq
+                    k = min(k, max(1, int(rate * 0.01)))
+                    next_slot = max(next_slot, now) + k / rate
+                self._send(conn, pending[idx : idx + k])
+                idx += k
+                await conn.drain()
         finally:
-            paho.on_publish = aiomqtt_on_publish
             window.clear()
             self._room = None
 
-    def _publish(self, paho: Any, rec: Any) -> None:
-        """Hand one record to the connection and enter it in the window."""
-        route = self._routes.get(rec.topic)
+    def _send(self, conn: Upstream, records: list[Any]) -> None:
+        """Encode ``records`` as PUBLISH packets, enter them in the window, write them at once."""
+        now = time.monotonic()
+        v5 = conn.version == wire.MQTT5
+        items: list[tuple[str, bytes, int, bool, int, str | None]] = []
+        done_qos0: list[int] = []
+        window = self._window
+        sent_high, resent = self._sent_high, self.resent
+        for rec in records:
+            seq = rec.seq
+            remote, qos = self._route(rec.topic)
+            if seq <= sent_high:
+                resent += 1
+            else:
+                sent_high = seq
+            pid = 0
+            if qos:
+                pid = conn.next_packet_id()
+                window.sent(pid, seq, now)
+            else:
+                done_qos0.append(seq)
+            items.append((remote, rec.payload, qos, bool(rec.retain), pid,
+                          f"{self.site}/{self.broker_id}/{seq}" if v5 else None))
+        self._sent_high, self.resent = sent_high, resent
+        conn.write(wire.encode_publishes(items, version=conn.version, id_key=ID_PROPERTY))
+        for seq in done_qos0:  # QoS 0: written out, nothing to wait for
+            self._on_acked(seq)
+        note = getattr(self.store, "note_uplink", None)
+        if note is not None:
+            note(sent_high, resent)  # persisted with the next buffer transaction
+
+    def _route(self, topic: str) -> tuple[str, int]:
+        route = self._routes.get(topic)
         if route is None:
-            rule = self.uplink_map.rule_for_local(rec.topic)
-            route = (self.uplink_map.to_remote(rule, rec.topic), rule.qos) if rule else (rec.topic, 1)
+            rule = self.uplink_map.rule_for_local(topic)
+            route = (self.uplink_map.to_remote(rule, topic), rule.qos) if rule else (topic, 1)
             if len(self._routes) >= 10_000:  # device topics are many but bounded; keep the cache so
                 self._routes.clear()
-            self._routes[rec.topic] = route
-        remote, qos = route
-        props = None
-        if self.cloud.protocol == "5":
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho is untyped
-            props.UserProperty = ("edgemq-id", self.message_id(rec.seq))
-        if rec.seq <= self._sent_high:
-            self.resent += 1
-        else:
-            self._sent_high = rec.seq
-        try:
-            info = paho.publish(remote, rec.payload, qos, bool(rec.retain), props)
-        except Exception as exc:  # paho raises ValueError & co. for what it cannot send
-            raise LinkBroken(f"publish failed: {exc}", recoverable=True) from exc
-        if info.rc != 0:
-            raise LinkBroken(f"publish failed: {paho_error(info.rc)}", recoverable=True)
-        if info.is_published():  # QoS 0 written out already: nothing to wait for
-            self._on_acked(rec.seq)
-        else:
-            self._window.sent(info.mid, rec.seq, time.monotonic())
+            self._routes[topic] = route
+        return route
+
+    def _on_puback(self, packet_id: int, reason: int) -> None:
+        seq = self._window.acked(packet_id)
+        if seq is None:
+            log.debug("uplink %s/%s: PUBACK for unknown packet id %d", self.site, self.broker_id, packet_id)
+            return
+        if reason >= 0x80:
+            # MQTT 5: the cloud answered but refused the message (e.g. 0x87 not authorized).
+            # Retrying would block the whole backlog behind it, so the row is released like
+            # any acknowledged one, and the refusal is counted and logged: never silent.
+            self.refused_upstream += 1
+            self._ratelog.warning(
+                "refused-upstream", "uplink %s/%s: the cloud refused %s: reason code %#04x",
+                self.site, self.broker_id, self.message_id(seq), reason,
+            )
+        self._on_acked(seq)
 
     def _on_acked(self, seq: int) -> None:
         """A PUBACK for ``seq`` (on the loop): gather it, flush once per loop turn."""
@@ -364,6 +408,16 @@ class Uplink:
         if room is not None and not room.done() and not self._window.full:
             room.set_result(None)
 
+    def _load_counters(self) -> None:
+        """Resume ``resent`` and the highest seq ever sent from the buffer (kill -9 re-sends count)."""
+        counters = getattr(self.store, "uplink_counters", None)
+        if counters is None or self._counters_loaded:
+            return
+        self._counters_loaded = True
+        sent_high, resent = counters()
+        self._sent_high = max(self._sent_high, sent_high)
+        self.resent = max(self.resent, resent)
+
     async def _watchdog(self) -> None:
         """Break the link when the oldest publish has waited longer than ``puback_timeout_s``."""
         period = min(1.0, self.puback_timeout_s / 4)
@@ -374,21 +428,22 @@ class Uplink:
                     f"no PUBACK for {self.puback_timeout_s:g} s ({len(self._window)} in flight)", recoverable=True
                 )
 
-    async def _downlink(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            mapped = self.downlink_map.to_local(str(message.topic))
-            if mapped is None:
-                continue
-            _, local_topic = mapped
-            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-            await self.inject(local_topic, payload, min(message.qos, 1), bool(message.retain))
-            self.commands_down += 1
+    async def _downlink(self, conn: Upstream, queue: asyncio.Queue[wire.Publish]) -> None:
+        while True:
+            message = await queue.get()
+            mapped = self.downlink_map.to_local(message.topic)
+            if mapped is not None:
+                _, local_topic = mapped
+                await self.inject(local_topic, message.payload, min(message.qos, 1), message.retain)
+                self.commands_down += 1
+            if message.qos:
+                conn.puback(message.packet_id)  # only now: a command is never acked before it is injected
 
-    async def _publish_stats(self, client: aiomqtt.Client) -> None:
+    async def _publish_stats(self, conn: Upstream) -> None:
         assert self.stats is not None
         while True:
             payload = json.dumps(self.stats(), default=str)
-            await client.publish(stats_topic(self.site, self.broker_id), payload, qos=0, retain=True)
+            await conn.publish(stats_topic(self.site, self.broker_id), payload.encode(), qos=0, retain=True)
             await asyncio.sleep(self.stats_interval_s)
 
     def _set_state(self, state: str) -> None:

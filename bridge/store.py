@@ -106,6 +106,7 @@ class _Batch:
     records: list[Record]
     futures: list[asyncio.Future[int]]
     acks: list[int]
+    uplink: tuple[int, int] | None = None  # the link's (sent_high, resent), to persist
 
 
 @dataclass(slots=True)
@@ -186,6 +187,7 @@ class Store:
         self._records: list[Record] = []
         self._futures: list[asyncio.Future[int]] = []
         self._acks: list[int] = []
+        self._uplink: tuple[int, int] | None = None
         self._flush_scheduled = False
         #: Where a corrupt file found at open was moved to, if one was.
         self.recovered_from: Path | None = None
@@ -251,6 +253,9 @@ class Store:
         if self._thread is None or self._closing:
             return
         self._flush()
+        if self._uplink is not None:  # an uplink note with no ack after it: the close writes it
+            self._queue.put(_Batch([], [], [], self._uplink))
+            self._uplink = None
         self._closing = True
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put(_Close(fut))
@@ -304,10 +309,19 @@ class Store:
         """Hand this turn's appends and acks to the writer thread as one queue item."""
         self._flush_scheduled = False
         if not (self._records or self._acks):
-            return
-        batch = _Batch(self._records, self._futures, self._acks)
-        self._records, self._futures, self._acks = [], [], []
+            return  # an uplink note waits for the next batch: it never needs a commit of its own
+        batch = _Batch(self._records, self._futures, self._acks, self._uplink)
+        self._records, self._futures, self._acks, self._uplink = [], [], [], None
         self._queue.put(batch)
+
+    def note_uplink(self, sent_high: int, resent: int) -> None:
+        """The uplink's highest seq sent and re-send count; persisted with the next ack or append."""
+        self._uplink = (sent_high, resent)
+
+    def uplink_counters(self) -> tuple[int, int]:
+        """``(sent_high, resent)`` as last persisted (what a restarted uplink resumes from)."""
+        stats = self.statistics()
+        return stats.uplink_sent_high, stats.uplink_resent
 
     async def wait_for_data(self, after_seq: int, timeout: float | None = None) -> bool:
         """Wait until a message newer than ``after_seq`` is buffered; False on timeout."""
@@ -421,7 +435,7 @@ class Store:
                 records: list[Record] = []
                 futures: list[asyncio.Future[int]] = []
                 acks: list[int] = []
-                pending = self._gather(op, records, futures, acks)
+                pending = self._gather(buf, op, records, futures, acks)
                 outcomes = self._commit(buf, records, futures, acks)
                 self._publish(buf, outcomes)
 
@@ -438,7 +452,7 @@ class Store:
             self._publish(buf)
 
     def _gather(
-        self, first: _Batch, records: list[Record], futures: list[asyncio.Future[int]], acks: list[int]
+        self, buf: Buffer, first: _Batch, records: list[Record], futures: list[asyncio.Future[int]], acks: list[int]
     ) -> _Op | None:
         """Collect appends and acks for one group commit; return an op that ends the group."""
         deadline = time.monotonic() + self.commit_interval_s
@@ -448,6 +462,8 @@ class Store:
                 records.extend(op.records)
                 futures.extend(op.futures)
                 acks.extend(op.acks)
+                if op.uplink is not None:
+                    buf.note_uplink(*op.uplink)
             else:
                 return op
             if len(records) >= self.max_batch:
