@@ -56,6 +56,8 @@ class Measured:
     bench_payload: int
     buffer_ingest_msg_s: float  # Store.append, durability "os", many producers
     sources: dict[str, str]
+    edge_kind: str = "edgemq"  # which benchmark topology the edge figures come from
+    drain_kind: str = "edgemq"
 
 
 def _median(runs: list[dict[str, Any]], scenario: str, kind: str, key: str, case: str | None = None) -> float | None:
@@ -85,9 +87,15 @@ def read_measured(latest: Path = LATEST, buffer: Path = BUFFER) -> Measured:
     except FileNotFoundError as exc:
         raise MissingFigure(f"{exc.filename} is missing: run `make bench-compare` and `make bench-buffer`") from exc
     runs = bench.get("runs", [])
+    # The edge node as deployed: with a third-party cloud broker ("edgemq-mosq": our edge node,
+    # Mosquitto as the cloud), else with our embedded amqtt cloud ("edgemq").
+    kinds = {r.get("kind") for r in runs if r.get("scenario") == "e2e"}
+    edge_kind = "edgemq-mosq" if "edgemq-mosq" in kinds else "edgemq"
+    drain_kinds = {r.get("kind") for r in runs if r.get("scenario") == "drain"}
+    drain_kind = "edgemq-mosq" if "edgemq-mosq" in drain_kinds else "edgemq"
     # The slower of the e2e cases (1 and 100 publishers): a site has many devices.
-    e2e_cases = {r["case"] for r in runs if r.get("scenario") == "e2e" and r.get("kind") == "edgemq"}
-    e2e = [m for c in sorted(e2e_cases) if (m := _median(runs, "e2e", "edgemq", "msg_per_s", c)) is not None]
+    e2e_cases = {r["case"] for r in runs if r.get("scenario") == "e2e" and r.get("kind") == edge_kind}
+    e2e = [m for c in sorted(e2e_cases) if (m := _median(runs, "e2e", edge_kind, "msg_per_s", c)) is not None]
     mosq = [m for c in sorted(e2e_cases) if (m := _median(runs, "e2e", "mosquitto", "msg_per_s", c)) is not None]
     os_mode = buf.get("modes", {}).get("os", {})
     reopen = os_mode.get("reopen", {})
@@ -95,11 +103,13 @@ def read_measured(latest: Path = LATEST, buffer: Path = BUFFER) -> Measured:
     return Measured(
         node_e2e_msg_s=_need(min(e2e) if e2e else None, "edgemq e2e msg/s", latest),
         node_cpu_us=_need(_median(runs, "cpu", "edgemq", "edge_cpu_us_per_msg"), "edgemq edge CPU us/msg", latest),
-        node_drain_msg_s=_need(_median(runs, "drain", "edgemq", "drain_msg_per_s"), "edgemq drain msg/s", latest),
+        node_drain_msg_s=_need(_median(runs, "drain", drain_kind, "drain_msg_per_s"), "edgemq drain msg/s", latest),
         mosq_e2e_msg_s=_need(min(mosq) if mosq else None, "Mosquitto bridge e2e msg/s", latest),
         disk_bytes_per_msg=_need(file_mb * 1e6 / depth if depth and file_mb else None, "buffer bytes/msg", buffer),
         bench_payload=int(buf.get("method", {}).get("payload", 100)),
         buffer_ingest_msg_s=_need(os_mode.get("store_ingest", {}).get("msg_per_s"), "buffer ingest msg/s", buffer),
+        edge_kind=edge_kind,
+        drain_kind=drain_kind,
         sources={
             "latest": f"{_show(latest)} ({bench.get('started', '?')}, "
             f"{bench.get('machine', {}).get('git', '?')})",
@@ -117,6 +127,7 @@ class Deployment:
     outage_h: float = 24.0
     headroom: float = 0.5  # run nodes at most at this fraction of measured capacity
     disk_margin: float = 1.5  # provision disk at this multiple of the computed backlog
+    cloud_burst_factor: float = 2.0  # the cloud takes at most this multiple of its steady ingress during drains
 
 
 @dataclass(frozen=True)
@@ -133,6 +144,8 @@ class Plan:
     drain_s: float  # inf if the site cannot drain while live traffic continues
     drain_fraction_of_outage: float
     cloud_burst: float
+    rate_limit: float  # per-broker bridge.rate_limit that keeps an all-sites drain within the cloud budget
+    limited_drain_s: float
 
 
 def plan(m: Measured, d: Deployment) -> Plan:
@@ -149,6 +162,9 @@ def plan(m: Measured, d: Deployment) -> Plan:
     drain_capacity = brokers * m.node_drain_msg_s
     spare = drain_capacity - site_rate
     drain_s = backlog / spare if spare > 0 else math.inf
+    # Every site draining at once (after a cloud outage) must fit the cloud's burst budget.
+    rate_limit = min(m.node_drain_msg_s, d.cloud_burst_factor * site_rate * d.sites / (d.sites * brokers))
+    limited_spare = brokers * rate_limit - site_rate
     return Plan(
         site_rate=site_rate,
         brokers_per_site=brokers,
@@ -162,6 +178,8 @@ def plan(m: Measured, d: Deployment) -> Plan:
         drain_s=drain_s,
         drain_fraction_of_outage=drain_s / (d.outage_h * 3600),
         cloud_burst=drain_capacity * d.sites,
+        rate_limit=rate_limit,
+        limited_drain_s=backlog / limited_spare if limited_spare > 0 else math.inf,
     )
 
 
@@ -186,11 +204,11 @@ def report(m: Measured, d: Deployment, p: Plan) -> str:
         "",
         "| figure | value | from |",
         "| --- | ---: | --- |",
-        f"| edge node e2e QoS 1, durable buffer (slower of 1 and 100 publishers) | {m.node_e2e_msg_s:,.0f} msg/s "
-        f"| {m.sources['latest']} |",
+        f"| edge node e2e QoS 1, durable buffer (slower of 1 and 100 publishers; topology `{m.edge_kind}`) "
+        f"| {m.node_e2e_msg_s:,.0f} msg/s | {m.sources['latest']} |",
         f"| Mosquitto bridge e2e QoS 1, same run (reference) | {m.mosq_e2e_msg_s:,.0f} msg/s | same |",
         f"| edge node CPU per message at a fixed rate | {m.node_cpu_us:,.0f} µs | same |",
-        f"| edge node backlog drain rate | {m.node_drain_msg_s:,.0f} msg/s | same |",
+        f"| edge node backlog drain rate (topology `{m.drain_kind}`) | {m.node_drain_msg_s:,.0f} msg/s | same |",
         f"| buffer bytes on disk per message ({m.bench_payload}-byte payload) | {m.disk_bytes_per_msg:,.0f} B "
         f"| {m.sources['buffer']} |",
         f"| buffer ingest (Store.append, durability os) | {m.buffer_ingest_msg_s:,.0f} msg/s | same |",
@@ -215,7 +233,14 @@ def report(m: Measured, d: Deployment, p: Plan) -> str:
         f"| site drain capacity | {p.site_drain_capacity:,.0f} msg/s | brokers x node drain rate |",
         f"| drain time after the outage, live traffic continuing | **{_dur(p.drain_s)}** "
         f"({p.drain_fraction_of_outage:.1%} of the outage) | backlog / (drain capacity - live rate) |",
+        f"| `bridge.rate_limit` per broker so that all sites draining at once stay within "
+        f"{d.cloud_burst_factor:g}x the cloud's steady ingress | **{p.rate_limit:,.0f} msg/s** | "
+        f"{d.cloud_burst_factor:g} x steady / (sites x brokers), at most the node drain rate |",
+        f"| drain time with that limit | {_dur(p.limited_drain_s)} | backlog / (brokers x limit - live rate) |",
         "",
+        "Topologies: `edgemq-mosq` is our edge node with Debian's Mosquitto as the cloud broker, as in a "
+        "deployment with a third-party cloud; `edgemq` uses our embedded amqtt cloud, which is slower than "
+        "the edge node and limits those figures. "
         "Caveats: the node figures come from a 2-core shared machine with the brokers and the load "
         "generator on it; a dedicated gateway is faster, so these counts are upper bounds. The cloud "
         "figure for the drain burst assumes the cloud accepts what the edges can send; the per-broker "

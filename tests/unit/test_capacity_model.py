@@ -35,6 +35,10 @@ def test_disk_and_drain_follow_the_backlog() -> None:
     assert p.disk_per_broker_gb == pytest.approx(86_400_000 * 200 / 1e9)
     assert p.drain_s == pytest.approx(86_400_000 / (2 * 3000 - 1000))
     assert p.cloud_steady == 100_000 and p.cloud_connections == 200
+    # all sites draining at once within 2x the steady ingress: the spare is one site rate, so a
+    # 24 h backlog takes 24 h
+    assert p.rate_limit == pytest.approx(2 * 1000 / 2)
+    assert p.limited_drain_s == pytest.approx(86_400)
 
 
 def test_a_site_that_cannot_outrun_its_live_rate_never_drains() -> None:
