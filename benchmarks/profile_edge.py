@@ -7,6 +7,12 @@ function) and a flame graph SVG. Writes benchmarks/results/edge-profile.{txt,svg
 and edge-profile-summary.json, and prints the top functions.
 
 Run: ``.venv/bin/python benchmarks/profile_edge.py [--duration 20] [--pubs 10]``.
+
+``--cpu`` instead measures the edge node's CPU per message (psutil: user + system CPU of
+the edge process while it takes ``--count`` QoS 1 messages from 1 and from 100
+``mosquitto_pub -l`` publishers, without and with a local ``mosquitto_sub`` on
+``telemetry/#``, until the cloud subscriber, and the local one if any, has them all).
+CPU per message is robust to a noisy shared machine, unlike throughput.
 py-spy needs ptrace rights on the edge process (root, or kernel.yama.ptrace_scope=0).
 """
 
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -48,12 +55,54 @@ def analyse(raw: Path, top: int = 40) -> dict[str, object]:
     return {"samples": total, "inclusive_pct": share(incl), "self_pct": share(self_)}
 
 
+def cpu_run(pubs: int, count: int, local: bool, timeout_s: float = 240.0) -> dict[str, object]:
+    """Edge-node CPU µs per message for ``count`` QoS 1 messages from ``pubs`` publishers."""
+    work = harness.new_workdir()
+    try:
+        topo = make_topology("edgemq", work / "edgemq").start()
+        cloud_sub = Sub(work / "edgemq", "cloud", topo.cloud_port, 1)
+        local_sub = Sub(work / "edgemq", "local", topo.edge_port, 1) if local else None
+        files = blast_files(work, pubs, count // pubs)
+        total = pubs * (count // pubs)
+        proc = topo.edge_procs()
+        time.sleep(1.0)
+        cpu0, t0 = harness.cpu_seconds(proc), time.monotonic()
+        blast = Blast(files, topo.edge_port, 1, hold_s=timeout_s + 30)
+        subs = [cloud_sub] + ([local_sub] if local_sub else [])
+        end = t0 + timeout_s
+        firsts: dict[int, float] = {}
+        while time.monotonic() < end and any(s.count() < total for s in subs):
+            for i, s in enumerate(subs):
+                if i not in firsts and s.count() >= total:
+                    firsts[i] = time.monotonic() - t0
+            time.sleep(0.05)
+        wall = time.monotonic() - t0
+        cpu = harness.cpu_seconds(proc) - cpu0
+        got = [s.count() for s in subs]
+        blast.close()
+        for s in subs:
+            s.close()
+        return {"pubs": pubs, "local_sub": local, "sent": total, "received": got, "wall_s": round(wall, 2),
+                "cpu_s": round(cpu, 2), "cpu_us_per_msg": round(1e6 * cpu / max(1, min(got)), 1),
+                "msg_per_s": round(min(got) / wall, 0), "load1": round(os.getloadavg()[0], 1)}
+    finally:
+        harness.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--duration", type=int, default=20)
     ap.add_argument("--pubs", type=int, default=10)
     ap.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    ap.add_argument("--cpu", action="store_true", help="measure CPU µs per message instead of profiling")
+    ap.add_argument("--count", type=int, default=20_000, help="messages per --cpu scenario")
+    ap.add_argument("--scenarios", default="1,1L,100,100L", help="--cpu: publishers, L = with a local subscriber")
     args = ap.parse_args()
+    if args.cpu:
+        for sc in args.scenarios.split(","):
+            print(json.dumps(cpu_run(int(sc.rstrip("L")), args.count, sc.endswith("L"))), flush=True)
+        return
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     RESULTS.mkdir(parents=True, exist_ok=True)
     work = harness.new_workdir()
