@@ -53,7 +53,7 @@ from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import OUTGOING, ApplicationMessage, OutgoingApplicationMessage, Session
 
 from broker.auth import bind_principal, principal_of
-from broker.errors import StoreError
+from broker.fastpath import FastPathHandler, SentOutgoing
 from broker.guard import GuardedReader, GuardStatistics
 from broker.limits import BrokerLimits
 from broker.ownership import Decision, Verdict
@@ -124,6 +124,33 @@ class _SessionTable(dict[str, tuple[Session, BrokerProtocolHandler]]):
         return not _resolving() and super().__contains__(key)
 
 
+class _SubscriptionTable(dict[str, list[tuple[Session, int]]]):
+    """amqtt's ``Broker._subscriptions`` with a version that changes whenever a filter comes or goes.
+
+    ``EdgeBroker._filters_for`` caches which filters match a topic; amqtt adds and removes
+    filters only through these methods (its lists of subscribers change in place, which
+    does not change which filters match).
+    """
+
+    version = 0
+
+    def __setitem__(self, key: str, value: list[tuple[Session, int]]) -> None:
+        self.version += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.version += 1
+        super().__delitem__(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self.version += 1
+        return super().pop(key, *default)
+
+    def clear(self) -> None:
+        self.version += 1
+        super().clear()
+
+
 class _Broadcast(dict[str, Any]):
     """amqtt's broadcast record, answering ``get("qos", subscriber_qos)`` with the lower QoS.
 
@@ -175,6 +202,11 @@ class UplinkTap(Protocol):
         """Take the message; returns once it is as durable as the configured policy promises.
 
         Must not raise for capacity problems: those are counted by the tap.
+
+        A tap may also offer ``offer_nowait`` (same arguments): take the message now, in
+        call order, and return a future that completes (or fails) as ``offer`` would
+        return (or raise), or None if there is nothing to wait for. The broker's fast path
+        then needs no task per message (``EdgeBroker.offer``).
         """
 
 
@@ -197,42 +229,101 @@ class BrokerCounters:
     """CONNECTs refused by the ``admission`` hook (CONNACK 0x05)."""
 
 
+_FILTER_CACHE_SIZE = 10_000  # topics whose matching filters are remembered
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Done callback: fetch a tap task's exception (counted by the tap) so asyncio does not log it."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _publishable(topic: str) -> bool:
     return bool(topic) and "#" not in topic and "+" not in topic and not topic.startswith("$")
 
 
-class EdgeProtocolHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt ships no type info
-    """amqtt's broker-side protocol handler with the uplink hand-off and counters."""
+class EdgeProtocolHandler(FastPathHandler):
+    """amqtt's broker-side protocol handler with the uplink hand-off, the fast path and counters."""
 
     edge_broker: EdgeBroker
 
-    async def handle_publish(self, publish_packet: PublishPacket) -> None:
+    async def accept_publish(
+        self, topic: str, payload: bytes, qos: int, retain: bool, *, route: bool = True
+    ) -> asyncio.Future[Any] | None:
+        """Accept a PUBLISH from this handler's client: the one place every local publish passes.
+
+        Counts it, checks access control once, offers it to the uplink tap (the buffer) and,
+        with ``route``, delivers it to local subscribers and retains it. Returns what the
+        client's PUBACK must wait for (the buffer commit), or None. Called in packet order
+        by the fast path's reader loop; with ``route=False`` from ``handle_publish``
+        (amqtt's path: QoS 2), where amqtt routes the message itself.
+        """
         broker = self.edge_broker
         counters = broker.counters
-        topic = publish_packet.topic_name
-        data = publish_packet.data or b""
         counters.messages_in += 1
-        counters.bytes_in += len(data)
+        counters.bytes_in += len(payload)
+        session = self.session
+        if session is None:
+            return None
+        allowed = broker.acl_now(session, topic, Action.PUBLISH)
+        if allowed is None:
+            allowed = await broker.may_publish(session, topic)
+        if not allowed:
+            # MQTT 3.1.1 cannot refuse a PUBLISH: QoS 1 is still acknowledged, the message is
+            # dropped (counted by the ACL plugin).
+            return None
+        waiting: asyncio.Future[Any] | None = None
         tap = broker.tap
-        # Runs synchronously up to the first await, in packet order: offers reach the
-        # tap in the order the client sent them.
-        if tap is not None and topic is not None and _publishable(topic) and tap.wants(topic):
-            session = self.session
-            if session is not None and await broker.may_publish(session, topic):
-                counters.uplink_offered += 1
-                qos = publish_packet.qos or 0
-                try:
-                    await tap.offer(topic, bytes(data), qos, bool(publish_packet.retain_flag), session.client_id)
-                except StoreError as exc:
-                    counters.uplink_refused += 1
-                    broker.ratelog.warning(
-                        "refused", "uplink buffer refused a message from %s on %s: %s", session.client_id, topic, exc
-                    )
-                    if qos > 0:
-                        # No PUBACK for what we could not store: close the connection; the
-                        # device resends after reconnecting (backpressure, nothing lost).
-                        await self.handle_connection_closed()
-                        return
+        if tap is not None and tap.wants(topic):
+            counters.uplink_offered += 1
+            waiting = broker.offer(tap, topic, payload, qos, retain, session.client_id)
+        # (site-wide peer forwarding of locally published messages goes here, after the tap)
+        if route:
+            await broker.route(session, topic, payload, qos)
+            if retain:
+                await broker.retain_message(session, topic, payload, qos)
+        return waiting
+
+    def on_publish_refused(self, exc: BaseException) -> None:
+        """The buffer refused a message: no PUBACK for it; close the connection (the device resends)."""
+        counters = self.edge_broker.counters
+        counters.uplink_refused += 1
+        client = self.session.client_id if self.session is not None else "?"
+        self.edge_broker.ratelog.warning("refused", "uplink buffer refused a message from %s: %s", client, exc)
+        self.track_task(asyncio.ensure_future(self.handle_connection_closed()))
+
+    def on_invalid_topic(self, topic: str) -> None:
+        self.edge_broker.counters.invalid_publish += 1
+        client = self.session.client_id if self.session is not None else "?"
+        self.edge_broker.ratelog.warning(
+            "invalid-topic", "[MQTT-4.7.2-1] %s published on %r ($ topic): closing", client, topic
+        )
+
+    def count_out(self, n_bytes: int) -> None:
+        counters = self.edge_broker.counters
+        counters.messages_out += 1
+        counters.bytes_out += n_bytes
+
+    def track_task(self, task: asyncio.Task[Any]) -> None:
+        self.edge_broker.track(task)
+
+    async def handle_publish(self, publish_packet: PublishPacket) -> None:
+        # amqtt's path (QoS 2, or a plugin listening for packets): the tap first, then amqtt's
+        # QoS flow acknowledges and routes the message.
+        topic = publish_packet.topic_name
+        if topic is None or not _publishable(topic):
+            await super().handle_publish(publish_packet)  # amqtt refuses it and closes
+            return
+        data = bytes(publish_packet.data or b"")
+        qos = publish_packet.qos or 0
+        waiting = await self.accept_publish(topic, data, qos, bool(publish_packet.retain_flag), route=False)
+        if waiting is not None:
+            try:
+                await waiting
+            except Exception as exc:
+                if qos > 0:
+                    self.on_publish_refused(exc)
+                    return
         await super().handle_publish(publish_packet)
 
     async def mqtt_publish(
@@ -243,9 +334,7 @@ class EdgeProtocolHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt
         retain: bool,
         ack_timeout: int | None = None,
     ) -> OutgoingApplicationMessage:
-        counters = self.edge_broker.counters
-        counters.messages_out += 1
-        counters.bytes_out += len(data)
+        self.count_out(len(data))
         return await super().mqtt_publish(topic, data, qos, retain, ack_timeout)
 
     async def _handle_qos1_message_flow(self, app_message: ApplicationMessage) -> None:
@@ -259,7 +348,8 @@ class EdgeProtocolHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt
             return
         packet_id = app_message.packet_id
         session.inflight_out[packet_id] = app_message
-        packet = app_message.build_publish_packet(dup=app_message.publish_packet is not None)
+        resend = app_message.publish_packet is not None or isinstance(app_message, SentOutgoing)
+        packet = app_message.build_publish_packet(dup=resend)
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._puback_waiters[packet_id] = waiter
         try:
@@ -317,6 +407,10 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
         self.open_connections = 0
         self.dropped_offline = 0
         self._loop_done: dict[str, asyncio.Event] = {}
+        self._acl_checkers: list[Callable[[Session | None, str, Action], bool]] | bool | None = None
+        self._filters_cache: dict[str, list[str]] = {}
+        self._filters_version = -1
+        self._subscriptions: _SubscriptionTable = _SubscriptionTable(self._subscriptions)
 
     def track(self, task: asyncio.Task[Any]) -> None:
         """Hand a delivery task to amqtt's broadcast loop, which reaps it and logs failures."""
@@ -614,6 +708,96 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
                 continue
             deliver_qos = min(qos, retained.qos if retained.qos is not None else qos)
             self.track(asyncio.ensure_future(handler.mqtt_publish(topic, retained.data, deliver_qos, True)))
+
+    # -- the fast path's routing: one ACL answer without tasks, direct delivery --------
+
+    def acl_now(self, session: Session | None, topic: str, action: Action) -> bool | None:
+        """Access control answered synchronously, or None if a plugin can only answer awaited.
+
+        amqtt asks every topic plugin through ``PluginManager.map_plugin_topic``: a task per
+        plugin and a ``gather`` per question, twice per message (entry 22). Our ACL plugin
+        answers synchronously (``AclPlugin.allows``); other topic plugins keep amqtt's way.
+        """
+        checkers = self._acl_checkers
+        if checkers is None:
+            checkers = self._acl_checkers = self._find_acl_checkers()
+        if isinstance(checkers, bool):
+            return None
+        return all(allows(session, topic, action) for allows in checkers)
+
+    def _find_acl_checkers(self) -> list[Callable[[Session | None, str, Action], bool]] | bool:
+        """The synchronous ``allows`` of every topic plugin, or False if one has none."""
+        manager = self.plugins_manager
+        if not manager.is_topic_filtering_enabled():
+            return []
+        plugins = [p for p in manager.plugins if hasattr(p, "topic_filtering")]
+        if not all(callable(getattr(p, "allows", None)) for p in plugins):
+            return False
+        return [p.allows for p in plugins]
+
+    async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
+        allowed = self.acl_now(session, topic, action)
+        if allowed is not None:
+            return allowed
+        return bool(await super()._topic_filtering(session, topic, action))
+
+    def offer(
+        self, tap: UplinkTap, topic: str, payload: bytes, qos: int, retain: bool, client_id: str
+    ) -> asyncio.Future[Any] | None:
+        """Hand a message to the tap now, in call order; returns what its PUBACK must wait for."""
+        offer_nowait = getattr(tap, "offer_nowait", None)
+        if offer_nowait is not None:
+            waiting: asyncio.Future[Any] | None = offer_nowait(topic, payload, qos, retain, client_id)
+            return waiting
+        # A tap with only ``offer``: a task (started in call order) per message.
+        task = asyncio.ensure_future(tap.offer(topic, payload, qos, retain, client_id))
+        task.add_done_callback(_retrieve)
+        return task
+
+    async def route(self, source: Session | None, topic: str, data: bytes, qos: int) -> None:
+        """Deliver a message to the local subscriptions matching ``topic``, in call order.
+
+        What amqtt's ``_broadcast_message`` → ``_broadcast_loop`` → ``_run_broadcast`` →
+        ``mqtt_publish`` task chain does (entry 21), without the queue hop and the tasks:
+        delivery QoS is the lower of publisher and subscriber [MQTT-3.8.4]; receive access
+        is checked per subscriber; persistent sessions that are offline queue QoS ≥ 1
+        (bounded, ``_retain_broadcast_message``); connected fast-path clients are written
+        to at once (``FastPathHandler.deliver``), others through amqtt's ``mqtt_publish``.
+        """
+        topic_bytes = topic.encode()
+        for topic_filter in self._filters_for(topic):
+            subscriptions = self._subscriptions.get(topic_filter, ())
+            for target, sub_qos in list(subscriptions):
+                deliver_qos = min(qos, sub_qos)
+                allowed = self.acl_now(target, topic, Action.RECEIVE)
+                if allowed is None:
+                    allowed = bool(await super()._topic_filtering(target, topic, Action.RECEIVE))
+                if not allowed:
+                    continue
+                if target.transitions.state != "connected":
+                    if not target.clean_session and deliver_qos > 0 and not target.is_anonymous:
+                        broadcast = _Broadcast(session=source, topic=topic, data=data)
+                        await self._retain_broadcast_message(broadcast, deliver_qos, target)
+                    continue
+                handler = self._get_handler(target)
+                if handler is None:
+                    continue
+                if isinstance(handler, FastPathHandler) and handler.deliver(topic, topic_bytes, data, deliver_qos):
+                    continue
+                self.track(asyncio.ensure_future(handler.mqtt_publish(topic, data, deliver_qos, retain=False)))
+
+    def _filters_for(self, topic: str) -> list[str]:
+        """The subscription filters matching ``topic`` (cached until the set of filters changes)."""
+        subs = self._subscriptions
+        if subs.version != self._filters_version:
+            self._filters_cache.clear()
+            self._filters_version = subs.version
+        found = self._filters_cache.get(topic)
+        if found is None:
+            if len(self._filters_cache) >= _FILTER_CACHE_SIZE:
+                self._filters_cache.clear()
+            found = self._filters_cache[topic] = [f for f in subs if self._matches(topic, f)]
+        return found
 
     async def may_publish(self, session: Session, topic: str) -> bool:
         """Access control for publishing, through amqtt's topic plugins."""
