@@ -185,7 +185,8 @@ def main() -> None:
         harness.stop_all()
         shutil.rmtree(work, ignore_errors=True)
     summary = analyse(raw)
-    summary.update(publishers=args.pubs, qos=1, local_subscriber=args.local, cloud_msg_per_s_while_sampling=rate, machine=harness.machine(),
+    summary.update(publishers=args.pubs, qos=1, local_subscriber=args.local,
+                   cloud_msg_per_s_while_sampling=rate, machine=harness.machine(),
                    dump_tail=dump[-4000:])
     (RESULTS / "edge-profile-summary.json").write_text(json.dumps(summary, indent=1))
     print(f"delivered to cloud while sampling: {rate:,.0f} msg/s; samples {summary['samples']}")

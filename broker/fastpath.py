@@ -17,7 +17,8 @@ connections read through ``broker.guard.GuardedReader``:
   here too), so they are redelivered on reconnect like amqtt's own;
 * every other packet (SUBSCRIBE, PINGREQ, DISCONNECT, QoS 2 flows) is handed back to
   amqtt's decoder and handlers, awaited in order (QoS 2 PUBLISH runs in a task, as in
-  amqtt, because its flow waits for the client's PUBREL).
+  amqtt, because its flow waits for the client's PUBREL). So does every PUBLISH while an
+  amqtt plugin listens for packet or message events, which the fast path does not fire.
 
 What it does not do: routing rules, access control, the buffer and counters are
 ``broker.server``'s; framing and protocol checks are ``broker.guard``'s. Connections
@@ -33,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from amqtt.errors import AMQTTError
-from amqtt.events import MQTTEvents
+from amqtt.events import BrokerEvents, MQTTEvents
 from amqtt.mqtt import packet_class
 from amqtt.mqtt.packet import PUBLISH, MQTTFixedHeader
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
@@ -87,7 +88,10 @@ class Outbox:
         if self._closing():
             return
         self.writes += 1
-        self._write(data)
+        try:
+            self._write(data)
+        except (RuntimeError, OSError):  # closed under us (uvloop raises): the reader sees the end
+            log.debug("write on a closed connection dropped (%d bytes)", len(data))
 
 
 class AckQueue:
@@ -227,6 +231,8 @@ class FastPathHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt shi
         acks = self._acks = AckQueue(self.outbox(), self.on_publish_refused)
         events = self.plugins_manager._event_plugin_callbacks
         fire = MQTTEvents.PACKET_RECEIVED in events
+        # A plugin that listens for messages gets them the way amqtt fires them.
+        slow = fire or any(e in events for e in (BrokerEvents.MESSAGE_RECEIVED, BrokerEvents.MESSAGE_BROADCAST))
         try:
             while True:
                 packet = await guard.next_packet()
@@ -234,7 +240,7 @@ class FastPathHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt shi
                     break
                 first, body = packet
                 kind = first >> 4
-                if kind == PUBLISH and (first >> 1) & 3 < 2 and not fire:
+                if kind == PUBLISH and (first >> 1) & 3 < 2 and not slow:
                     p = decode_publish(first, body)
                     if p.topic.startswith("$"):
                         # amqtt closes such a client too ([MQTT-4.7.2-1]); the guard took wildcards.
