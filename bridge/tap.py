@@ -38,6 +38,29 @@ class BufferTap:
     def wants(self, topic: str) -> bool:
         return self.uplink_map.rule_for_local(topic) is not None
 
+    def offer_nowait(
+        self, topic: str, payload: bytes, qos: int, retain: bool, client_id: str
+    ) -> asyncio.Future[Any] | None:
+        """Queue the append now (in call order); the future resolves once it is committed.
+
+        None when there is nothing to wait for (no rule, or ``relaxed``: ack on receipt).
+        A refused append fails the future with ``StoreError`` (counted here).
+        """
+        rule = self.uplink_map.rule_for_local(topic)
+        if rule is None:
+            return None
+        rec = self.record_type(
+            topic=topic,
+            payload=payload,
+            qos=min(qos, 1),
+            retain=retain,
+            device=device_key(topic) or client_id,
+            overflow=rule.overflow,
+        )
+        fut: asyncio.Future[Any] = self.store.submit(rec)
+        fut.add_done_callback(self._log_failure)
+        return None if self.durability == "relaxed" else fut
+
     async def offer(self, topic: str, payload: bytes, qos: int, retain: bool, client_id: str) -> None:
         rule = self.uplink_map.rule_for_local(topic)
         if rule is None:

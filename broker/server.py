@@ -40,6 +40,12 @@ What we change, and why (details in docs/amqtt-notes.md):
   to the tap and the peers like any local PUBLISH (amqtt broadcasts wills past
   ``handle_publish``, so they never reached the uplink; entry 40).
 
+* Performance (issue 9, entries 20–24): each connection is read by our own loop
+  (``broker.fastpath``) that accepts a client's PUBLISHes in order in
+  ``EdgeProtocolHandler.accept_publish`` — the one place a local publish is accepted —
+  and routes them directly (``broker.routing``), without amqtt's task per packet,
+  delivery queue, broadcast loop and task per delivery.
+
 This module holds no bridge logic: the tap is a protocol the bridge implements.
 """
 
@@ -54,7 +60,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from amqtt.adapters import StreamWriterAdapter
-from amqtt.broker import Broker
 from amqtt.contexts import Action
 from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
@@ -64,10 +69,12 @@ from amqtt.session import OUTGOING, ApplicationMessage, OutgoingApplicationMessa
 from broker.access import Principal
 from broker.auth import bind_principal, principal_of
 from broker.errors import StoreError
+from broker.fastpath import FastPathHandler, SentOutgoing
 from broker.guard import GuardedReader, GuardStatistics
 from broker.limits import BrokerLimits
 from broker.ownership import Decision, Verdict
 from broker.ratelog import RateLimitedLog
+from broker.routing import Broadcast, RoutingBroker
 from broker.session_state import lighten
 from broker.session_store import SessionStore
 from broker.tls import note_connection
@@ -137,20 +144,6 @@ class _SessionTable(dict[str, tuple[Session, BrokerProtocolHandler]]):
         return not _resolving() and super().__contains__(key)
 
 
-class _Broadcast(dict[str, Any]):
-    """amqtt's broadcast record, answering ``get("qos", subscriber_qos)`` with the lower QoS.
-
-    ``Broker._run_broadcast`` computes each delivery's QoS as
-    ``broadcast.get("qos", sub_qos)``: the publisher's QoS when one was forced, else the
-    subscriber's. MQTT 3.1.1 (3.8.4) wants the minimum of the two.
-    """
-
-    def get(self, key: str, default: Any = None) -> Any:
-        if key == "qos" and "publisher_qos" in self and default is not None:
-            return min(int(self["publisher_qos"]), int(default))
-        return super().get(key, default)
-
-
 # What amqtt's ``Broker`` logs (WARNING/ERROR) for each connection that fails before or
 # during its session: one line or two per bad connection, a flood under hostile input.
 _PER_CONNECTION_FAILURES = (
@@ -188,6 +181,11 @@ class UplinkTap(Protocol):
         """Take the message; returns once it is as durable as the configured policy promises.
 
         Must not raise for capacity problems: those are counted by the tap.
+
+        A tap may also offer ``offer_nowait`` (same arguments): take the message now, in
+        call order, and return a future that completes (or fails) as ``offer`` would
+        return (or raise), or None if there is nothing to wait for. The broker's fast path
+        then needs no task per message (``EdgeBroker.offer``).
         """
 
 
@@ -241,53 +239,100 @@ def _publishable(topic: str) -> bool:
     return bool(topic) and "#" not in topic and "+" not in topic and not topic.startswith("$")
 
 
-class EdgeProtocolHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt ships no type info
-    """amqtt's broker-side protocol handler with the uplink hand-off and counters."""
+class EdgeProtocolHandler(FastPathHandler):
+    """amqtt's broker-side protocol handler with the uplink hand-off, the fast path and counters."""
 
     edge_broker: EdgeBroker
 
-    async def handle_publish(self, publish_packet: PublishPacket) -> None:
+    async def accept_publish(
+        self, topic: str, payload: bytes, qos: int, retain: bool, *, route: bool = True
+    ) -> asyncio.Future[Any] | None:
+        """Accept a PUBLISH from this handler's client: the one place every local publish passes.
+
+        Counts it, checks access control once, offers it to the uplink tap (the buffer) and,
+        with ``route``, delivers it to local subscribers and retains it. Returns what the
+        client's PUBACK must wait for (the buffer commit), or None. Called in packet order
+        by the fast path's reader loop; with ``route=False`` from ``handle_publish``
+        (amqtt's path: QoS 2), where amqtt routes the message itself.
+        """
         broker = self.edge_broker
         counters = broker.counters
-        topic = publish_packet.topic_name
-        data = publish_packet.data or b""
         counters.messages_in += 1
-        counters.bytes_in += len(data)
-        tap = broker.tap
-        peers = broker.peers
+        counters.bytes_in += len(payload)
         session = self.session
-        if peers is not None and session is not None and topic is not None:
+        if session is None:
+            return None
+        allowed = broker.acl_now(session, topic, Action.PUBLISH)
+        if allowed is None:
+            allowed = await broker.may_publish(session, topic)
+        if not allowed:
+            # MQTT 3.1.1 cannot refuse a PUBLISH: QoS 1 is still acknowledged, the message is
+            # dropped (counted by the ACL plugin).
+            return None
+        peers = broker.peers
+        if peers is not None:
             origin = peers.origin(session.client_id)
-            if origin is not None:  # forwarded by a peer: local subscribers only (one hop)
-                peers.received(origin, topic, bytes(data), bool(publish_packet.retain_flag))
-                await super().handle_publish(publish_packet)
-                return
-        allowed: bool | None = None
-        # Runs synchronously up to the first await, in packet order: offers reach the
-        # tap in the order the client sent them.
-        if tap is not None and topic is not None and _publishable(topic) and tap.wants(topic):
-            allowed = session is not None and await broker.may_publish(session, topic)
-            if session is not None and allowed:
-                counters.uplink_offered += 1
-                qos = publish_packet.qos or 0
-                try:
-                    await tap.offer(topic, bytes(data), qos, bool(publish_packet.retain_flag), session.client_id)
-                except StoreError as exc:
-                    counters.uplink_refused += 1
-                    broker.ratelog.warning(
-                        "refused", "uplink buffer refused a message from %s on %s: %s", session.client_id, topic, exc
-                    )
-                    if qos > 0:
-                        # No PUBACK for what we could not store: close the connection; the
-                        # device resends after reconnecting (backpressure, nothing lost).
-                        await self.handle_connection_closed()
-                        return
-        if (
-            peers is not None and topic is not None and session is not None
-            and _publishable(topic) and peers.wants(topic)
-            and (allowed or (allowed is None and await broker.may_publish(session, topic)))
-        ):
-            peers.forward(topic, bytes(data), publish_packet.qos or 0, bool(publish_packet.retain_flag))
+            if origin is not None:  # forwarded by a peer: local subscribers only (one hop, loop-free)
+                peers.received(origin, topic, payload, retain)
+                if route:
+                    await broker.route(session, topic, payload, qos)
+                    if retain:
+                        await broker.retain_message(session, topic, payload, qos)
+                return None
+        waiting: asyncio.Future[Any] | None = None
+        tap = broker.tap
+        if tap is not None and tap.wants(topic):
+            counters.uplink_offered += 1
+            waiting = broker.offer(tap, topic, payload, qos, retain, session.client_id)
+        # Site-wide: hand it to the peers whose interest matches (never blocks: paho queues it).
+        if peers is not None and peers.wants(topic):
+            peers.forward(topic, payload, qos, retain)
+        if route:
+            await broker.route(session, topic, payload, qos)
+            if retain:
+                await broker.retain_message(session, topic, payload, qos)
+        return waiting
+
+    def on_publish_refused(self, exc: BaseException) -> None:
+        """The buffer refused a message: no PUBACK for it; close the connection (the device resends)."""
+        counters = self.edge_broker.counters
+        counters.uplink_refused += 1
+        client = self.session.client_id if self.session is not None else "?"
+        self.edge_broker.ratelog.warning("refused", "uplink buffer refused a message from %s: %s", client, exc)
+        self.track_task(asyncio.ensure_future(self.handle_connection_closed()))
+
+    def on_invalid_topic(self, topic: str) -> None:
+        self.edge_broker.counters.invalid_publish += 1
+        client = self.session.client_id if self.session is not None else "?"
+        self.edge_broker.ratelog.warning(
+            "invalid-topic", "[MQTT-4.7.2-1] %s published on %r ($ topic): closing", client, topic
+        )
+
+    def count_out(self, n_bytes: int) -> None:
+        counters = self.edge_broker.counters
+        counters.messages_out += 1
+        counters.bytes_out += n_bytes
+
+    def track_task(self, task: asyncio.Task[Any]) -> None:
+        self.edge_broker.track(task)
+
+    async def handle_publish(self, publish_packet: PublishPacket) -> None:
+        # amqtt's path (QoS 2, or a plugin listening for packets): the tap first, then amqtt's
+        # QoS flow acknowledges and routes the message.
+        topic = publish_packet.topic_name
+        if topic is None or not _publishable(topic):
+            await super().handle_publish(publish_packet)  # amqtt refuses it and closes
+            return
+        data = bytes(publish_packet.data or b"")
+        qos = publish_packet.qos or 0
+        waiting = await self.accept_publish(topic, data, qos, bool(publish_packet.retain_flag), route=False)
+        if waiting is not None:
+            try:
+                await waiting
+            except Exception as exc:
+                if qos > 0:
+                    self.on_publish_refused(exc)
+                    return
         await super().handle_publish(publish_packet)
 
     async def mqtt_publish(
@@ -298,9 +343,7 @@ class EdgeProtocolHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt
         retain: bool,
         ack_timeout: int | None = None,
     ) -> OutgoingApplicationMessage:
-        counters = self.edge_broker.counters
-        counters.messages_out += 1
-        counters.bytes_out += len(data)
+        self.count_out(len(data))
         return await super().mqtt_publish(topic, data, qos, retain, ack_timeout)
 
     async def _handle_qos1_message_flow(self, app_message: ApplicationMessage) -> None:
@@ -314,7 +357,8 @@ class EdgeProtocolHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt
             return
         packet_id = app_message.packet_id
         session.inflight_out[packet_id] = app_message
-        packet = app_message.build_publish_packet(dup=app_message.publish_packet is not None)
+        resend = app_message.publish_packet is not None or isinstance(app_message, SentOutgoing)
+        packet = app_message.build_publish_packet(dup=resend)
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._puback_waiters[packet_id] = waiter
         try:
@@ -343,7 +387,7 @@ class EdgeProtocolHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt
             self.edge_broker.track(task)
 
 
-class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
+class EdgeBroker(RoutingBroker):
     """amqtt Broker with edgemq's hooks. Use for both edge and cloud brokers.
 
     ``admission``, if given, is asked once per CONNECT, after authentication, with the
@@ -381,10 +425,6 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
         self.open_connections = 0
         self.dropped_offline = 0
         self._loop_done: dict[str, asyncio.Event] = {}
-
-    def track(self, task: asyncio.Task[Any]) -> None:
-        """Hand a delivery task to amqtt's broadcast loop, which reaps it and logs failures."""
-        self._tasks_queue.append(task)
 
     # -- connections: guard, limit ---------------------------------------------------
 
@@ -694,7 +734,7 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
         force_qos: int | None = None,
     ) -> None:
         publisher_qos = force_qos if force_qos is not None else _PUBLISHER_QOS.get()
-        broadcast = _Broadcast(session=session, topic=topic, data=data)
+        broadcast = Broadcast(session=session, topic=topic, data=data)
         if publisher_qos is not None:
             broadcast["publisher_qos"] = publisher_qos
         await self._broadcast_queue.put(broadcast)
@@ -759,8 +799,8 @@ class EdgeBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
             if principal is not None:  # is_anonymous stays False, as for every session (_check_credentials)
                 bind_principal(session, Principal(**principal))
             self._sessions[client_id] = (session, handler)
-            for topic_filter, qos in subs:
-                self._subscriptions.setdefault(topic_filter, []).append((session, qos))
+            for topic_filter, qos in subs:  # through __setitem__: the routing cache sees new filters
+                self._subscriptions[topic_filter] = [*self._subscriptions.get(topic_filter, []), (session, qos)]
             restored += 1
         return restored
 

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -180,11 +179,11 @@ def cluster_status(
 @broker_app.command("cloud")
 def broker_cloud(config: ConfigOpt = Path("cluster.toml"), log_level: str = "INFO") -> None:
     """Run the embedded cloud broker (amqtt) in the foreground."""
-    from edgemq.node import run_cloud
+    from edgemq.node import run_cloud, run_node
 
     cfg = _load(config)
     setup_logging("cloud", log_level)
-    asyncio.run(run_cloud(cfg))
+    run_node(run_cloud(cfg))
 
 
 @broker_app.command("edge")
@@ -194,12 +193,12 @@ def broker_edge(
     log_level: str = "INFO",
 ) -> None:
     """Run one edge node (broker + durable buffer + cloud bridge) in the foreground."""
-    from edgemq.node import run_edge
+    from edgemq.node import run_edge, run_node
 
     cfg = _load(config)
     site, b = cfg.locate(broker)
     setup_logging(f"{site.id}.{b.id}", log_level, site=site.id, broker=b.id)
-    asyncio.run(run_edge(cfg, site.id, b.id))
+    run_node(run_edge(cfg, site.id, b.id))
 
 
 @config_app.command("check")

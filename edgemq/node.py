@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +254,27 @@ def open_store(cfg: ClusterConfig, path: Path) -> Store:
         expire_interval_s=b.expire_interval_s,
         min_free_bytes=b.min_free_bytes,
     )
+
+
+UVLOOP_ENV = "EDGEMQ_UVLOOP"
+
+
+def run_node(main: Coroutine[Any, Any, None]) -> None:
+    """Run a node's coroutine to completion on uvloop, or on asyncio's loop if $EDGEMQ_UVLOOP is 0/off.
+
+    uvloop's transports, handles and selector are C: the broker's per-packet loop overhead
+    (benchmarks/profile_notes.md). Falls back to asyncio if uvloop cannot be imported.
+    """
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if os.environ.get(UVLOOP_ENV, "1").lower() not in ("0", "off", "false", "no"):
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("uvloop is not installed: running on asyncio's event loop")
+        else:
+            factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
 
 
 def broker_limits(cfg: ClusterConfig) -> BrokerLimits:

@@ -1,0 +1,314 @@
+"""The broker's inbound fast path: one reader loop per connection, in packet order, no task per packet.
+
+How it works. ``FastPathHandler`` replaces amqtt's ``ProtocolHandler._reader_loop`` for
+connections read through ``broker.guard.GuardedReader``:
+
+* packets come whole from the guard (``next_packet``); a QoS 0/1 PUBLISH is decoded by
+  ``broker.wire`` and handed to ``accept_publish`` (``broker.server``) *in the reader*,
+  so a client's messages are accepted, buffered and delivered in the order it sent
+  them. amqtt starts a task per packet and routes each message through the session's
+  delivery queue, the client loop, the broadcast queue and a broadcast task;
+* ``accept_publish`` returns what the PUBACK must wait for (the buffer's group commit,
+  or nothing); ``AckQueue`` sends the PUBACKs in PUBLISH order once their commits are
+  done, all PUBACKs released in one loop turn as one write;
+* local deliveries (``deliver``) are encoded here and written through the connection's
+  ``Outbox``, which coalesces one loop turn's packets into one write; outgoing QoS 1
+  messages stay in the session's ``inflight_out`` until the subscriber's PUBACK (read
+  here too), so they are redelivered on reconnect like amqtt's own;
+* every other packet (SUBSCRIBE, PINGREQ, DISCONNECT, QoS 2 flows) is handed back to
+  amqtt's decoder and handlers, awaited in order (QoS 2 PUBLISH runs in a task, as in
+  amqtt, because its flow waits for the client's PUBREL). So does every PUBLISH while an
+  amqtt plugin listens for packet or message events, which the fast path does not fire.
+
+What it does not do: routing rules, access control, the buffer and counters are
+``broker.server``'s; framing and protocol checks are ``broker.guard``'s. Connections
+not read through the guard keep amqtt's reader loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from amqtt.errors import AMQTTError
+from amqtt.events import BrokerEvents, MQTTEvents
+from amqtt.mqtt import packet_class
+from amqtt.mqtt.packet import PUBLISH, MQTTFixedHeader
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.mqtt.puback import PubackPacket
+from amqtt.mqtt.publish import PublishPacket
+from amqtt.session import OutgoingApplicationMessage
+
+from broker.guard import GuardedReader
+from broker.mqtt_rules import DISCONNECT, PINGREQ, PUBACK, PUBCOMP, PUBREC, PUBREL, SUBSCRIBE, UNSUBSCRIBE
+from broker.wire import decode_publish, encode_puback, encode_publish, packet_id
+
+__all__ = ["AckQueue", "FastPathHandler", "Outbox", "SentOutgoing"]
+
+log = logging.getLogger(__name__)
+
+MAX_PENDING_ACKS = 1000
+"""PUBACKs one connection may have waiting for commits before its reader waits (backpressure)."""
+
+
+class SentOutgoing(OutgoingApplicationMessage):  # type: ignore[misc]  # amqtt ships no type info
+    """An outgoing message the fast path has already written once: a resend sets DUP."""
+
+    sent = True
+
+
+class Outbox:
+    """Coalesces the packets one connection is sent during a loop turn into one write."""
+
+    def __init__(self, write: Callable[[bytes], None], closing: Callable[[], bool]) -> None:
+        self._write = write
+        self._closing = closing
+        self._parts: list[bytes] = []
+        self._scheduled = False
+        self._loop = asyncio.get_running_loop()
+        self.writes = 0  # transport writes made (statistics, tests)
+
+    def send(self, data: bytes) -> None:
+        """Queue ``data``; written at the end of this loop turn, after everything queued before."""
+        self._parts.append(data)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what is queued now (also called before any other write to keep the order)."""
+        self._scheduled = False
+        if not self._parts:
+            return
+        data = b"".join(self._parts) if len(self._parts) > 1 else self._parts[0]
+        self._parts = []
+        if self._closing():
+            return
+        self.writes += 1
+        try:
+            self._write(data)
+        except (RuntimeError, OSError):  # closed under us (uvloop raises): the reader sees the end
+            log.debug("write on a closed connection dropped (%d bytes)", len(data))
+
+
+class AckQueue:
+    """PUBACKs in PUBLISH order, each released once what it waits for (a buffer commit) is done.
+
+    ``add(packet_id, waiting)``: ``waiting`` is ``None`` (acknowledge now) or a future; a
+    future that fails stops all further PUBACKs of the connection and calls ``on_error``
+    (the broker closes the connection: the device resends what was not acknowledged).
+    """
+
+    def __init__(self, outbox: Outbox, on_error: Callable[[BaseException], None]) -> None:
+        self._outbox = outbox
+        self._on_error = on_error
+        self._queue: collections.deque[tuple[int, asyncio.Future[Any] | None]] = collections.deque()
+        self._scheduled = False
+        self._failed = False
+        self._loop = asyncio.get_running_loop()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def oldest(self) -> asyncio.Future[Any] | None:
+        """What the oldest unreleased PUBACK waits for (None if nothing or nothing to wait for)."""
+        return self._queue[0][1] if self._queue else None
+
+    def add(self, pid: int, waiting: asyncio.Future[Any] | None) -> None:
+        if self._failed:
+            return
+        self._queue.append((pid, waiting))
+        if waiting is None or waiting.done():
+            if len(self._queue) == 1:
+                self._schedule()
+        else:
+            waiting.add_done_callback(self._done)
+
+    def _done(self, _: asyncio.Future[Any]) -> None:
+        self._schedule()
+
+    def _schedule(self) -> None:
+        # One release per loop turn: the futures of one group commit are resolved together,
+        # so their PUBACKs leave as one write.
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.release)
+
+    def release(self) -> None:
+        """Send every PUBACK at the head of the queue whose wait is over."""
+        self._scheduled = False
+        queue = self._queue
+        out: list[bytes] = []
+        while queue and not self._failed:
+            pid, waiting = queue[0]
+            if waiting is not None:
+                if not waiting.done():
+                    break
+                exc = waiting.exception() if not waiting.cancelled() else asyncio.CancelledError()
+                if exc is not None:
+                    self._failed = True
+                    queue.clear()
+                    self._on_error(exc)
+                    break
+            queue.popleft()
+            out.append(encode_puback(pid))
+        if out:
+            self._outbox.send(b"".join(out))
+
+
+class FastPathHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt ships no type info
+    """amqtt's broker protocol handler with our reader loop, PUBACK queue and local delivery."""
+
+    _outbox: Outbox | None = None
+    _acks: AckQueue | None = None
+
+    # -- implemented by broker.server.EdgeProtocolHandler ------------------------------
+
+    async def accept_publish(
+        self, topic: str, payload: bytes, qos: int, retain: bool
+    ) -> asyncio.Future[Any] | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def on_publish_refused(self, exc: BaseException) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def count_out(self, n_bytes: int) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def on_invalid_topic(self, topic: str) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- output -----------------------------------------------------------------------
+
+    def outbox(self) -> Outbox:
+        """This connection's coalescing writer (made on first use)."""
+        if self._outbox is None:
+            writer = self.writer
+            stream = getattr(writer, "_writer", None)
+
+            def closing() -> bool:
+                return bool(getattr(writer, "is_closed", False)) or (stream is not None and stream.is_closing())
+
+            self._outbox = Outbox(writer.write, closing)
+        return self._outbox
+
+    async def _send_packet(self, packet: Any) -> None:
+        # amqtt's own writes (CONNACK, SUBACK, retained and resent messages) go after
+        # everything the fast path queued before them.
+        if self._outbox is not None:
+            self._outbox.flush()
+        await super()._send_packet(packet)
+
+    def deliver(self, topic: str, topic_bytes: bytes, data: bytes, qos: int) -> bool:
+        """Send a PUBLISH to this connection's client now (QoS 0 or 1); False if it must go amqtt's way."""
+        session = self.session
+        if session is None or self.writer is None or qos > 1:
+            return False
+        if qos == 0:
+            self.outbox().send(encode_publish(topic_bytes, data, 0, None))
+        else:
+            try:
+                pid = session.next_packet_id
+            except AMQTTError:
+                log.warning("%s: 65535 messages in flight, dropping one on %s", session.client_id, topic)
+                return True
+            session.inflight_out[pid] = SentOutgoing(pid, topic, qos, data, False)
+            self.outbox().send(encode_publish(topic_bytes, data, 1, pid))
+        self.count_out(len(data))
+        return True
+
+    # -- input ------------------------------------------------------------------------
+
+    async def _reader_loop(self) -> None:
+        guard = self.reader
+        if not isinstance(guard, GuardedReader) or self.session is None or self._reader_ready is None:
+            await super()._reader_loop()
+            return
+        self._reader_ready.set()
+        acks = self._acks = AckQueue(self.outbox(), self.on_publish_refused)
+        events = self.plugins_manager._event_plugin_callbacks
+        fire = MQTTEvents.PACKET_RECEIVED in events
+        # A plugin that listens for messages gets them the way amqtt fires them.
+        slow = fire or any(e in events for e in (BrokerEvents.MESSAGE_RECEIVED, BrokerEvents.MESSAGE_BROADCAST))
+        try:
+            while True:
+                packet = await guard.next_packet()
+                if packet is None:
+                    break
+                first, body = packet
+                kind = first >> 4
+                if kind == PUBLISH and (first >> 1) & 3 < 2 and not slow:
+                    p = decode_publish(first, body)
+                    if p.topic.startswith("$"):
+                        # amqtt closes such a client too ([MQTT-4.7.2-1]); the guard took wildcards.
+                        self.on_invalid_topic(p.topic)
+                        break
+                    waiting = await self.accept_publish(p.topic, p.payload, p.qos, p.retain)
+                    if p.qos and p.packet_id is not None:
+                        acks.add(p.packet_id, waiting)
+                        if len(acks) > MAX_PENDING_ACKS and (oldest := acks.oldest()) is not None:
+                            await asyncio.wait([oldest])
+                elif kind == PUBACK and not fire:
+                    self._on_puback(packet_id(body))
+                else:
+                    guard.push_back(first, body)
+                    await self._amqtt_packet(guard, fire)
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # a client must never take the broker down
+            log.warning("%s: reader loop ended: %r", self.session.client_id if self.session else "?", exc)
+        if self._outbox is not None:
+            self._outbox.flush()
+        await self.handle_connection_closed()
+        self._reader_stopped.set()
+        await self.stop()
+
+    def _on_puback(self, pid: int) -> None:
+        waiter = self._puback_waiters.get(pid)
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(PubackPacket.build(pid))
+            return
+        session = self.session
+        if session is not None and isinstance(session.inflight_out.get(pid), SentOutgoing):
+            del session.inflight_out[pid]
+
+    async def _amqtt_packet(self, guard: GuardedReader, fire: bool) -> None:
+        """Decode one packet with amqtt and run its handler, in order."""
+        fixed = await MQTTFixedHeader.from_stream(guard)
+        kind = fixed.packet_type
+        if kind == PUBLISH:
+            packet: Any = await PublishPacket.from_stream(guard, fixed_header=fixed)
+        else:
+            packet = await packet_class(fixed).from_stream(guard, fixed_header=fixed)
+        if fire:
+            await self.plugins_manager.fire_event(MQTTEvents.PACKET_RECEIVED, packet=packet, session=self.session)
+        if kind == PUBLISH:
+            # QoS 2 (and anything while a plugin listens for packets): amqtt's flow, which
+            # for QoS 2 waits for the client's PUBREL, so it cannot block this loop.
+            task = asyncio.ensure_future(self.handle_publish(packet))
+            self.track_task(task)
+        elif kind == PUBACK:
+            await self.handle_puback(packet)
+        elif kind == PUBREC:
+            await self.handle_pubrec(packet)
+        elif kind == PUBREL:
+            await self.handle_pubrel(packet)
+        elif kind == PUBCOMP:
+            await self.handle_pubcomp(packet)
+        elif kind == SUBSCRIBE:
+            await self.handle_subscribe(packet)
+        elif kind == UNSUBSCRIBE:
+            await self.handle_unsubscribe(packet)
+        elif kind == PINGREQ:
+            await self.handle_pingreq(packet)
+        elif kind == DISCONNECT:
+            await self.handle_disconnect(packet)
+        else:
+            await self.handle_connect(packet)  # a second CONNECT (the guard refuses it first)
+
+    def track_task(self, task: asyncio.Task[Any]) -> None:  # pragma: no cover - overridden
+        """Keep a reference to ``task`` until it ends."""
