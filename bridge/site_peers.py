@@ -36,10 +36,10 @@ from broker import interest as interest_doc
 from broker import presence as presence_doc
 from broker.client_auth import ClientLogin
 from broker.config import SiteConfig
+from broker.hooks import UplinkTap
 from broker.membership import Member, decode_state, offline_state, peer_of, state_topic
 from broker.ownership import device_from_client_id
 from broker.presence import OFFLINE, ONLINE, Presence, PresenceTable
-from broker.server import UplinkTap
 
 __all__ = ["SitePeers"]
 

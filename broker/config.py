@@ -191,7 +191,10 @@ class BridgeConfig(_Model):
         default_factory=lambda: [TopicRule(pattern="commands/{site}/#")],
         description="Cloud topics delivered down to the site's brokers.",
     )
-    inflight: int = Field(100, ge=1, le=65535, description="Unacknowledged uplink messages allowed at once.")
+    inflight: int = Field(
+        1000, ge=1, le=65535,
+        description="Unacknowledged uplink messages allowed at once (an MQTT 5 cloud's Receive Maximum caps it).",
+    )
     rate_limit: float | None = Field(None, gt=0, description="Optional cap on uplink messages per second.")
     reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay after the uplink drops.")
     reconnect_max_s: float = Field(30.0, gt=0, description="Cap on the reconnect delay (jittered exponential).")

@@ -165,7 +165,7 @@ class FastPathHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt shi
     _outbox: Outbox | None = None
     _acks: AckQueue | None = None
 
-    # -- implemented by broker.server.EdgeProtocolHandler ------------------------------
+    # -- implemented by broker.handler.EdgeProtocolHandler ------------------------------
 
     async def accept_publish(
         self, topic: str, payload: bytes, qos: int, retain: bool
