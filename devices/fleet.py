@@ -9,7 +9,13 @@ preference list; while away it probes the owner (a raw MQTT CONNECT/CONNACK,
 jittered intervals) and, once the owner has answered every probe for
 ``hold_down_s``, it finishes its in-flight message, disconnects cleanly and goes
 home. Every move is recorded as a ``Move`` (time, broker, reason) in the
-device's history, and passed to ``on_move``.
+device's history, and passed to ``on_move``. Once connected it subscribes to
+``commands/{site}/{device}/#`` (QoS 1), then publishes ``online`` (retained) on
+its status topic, so ``online`` means commands reach it; it logs and counts
+each command, and publishes JSON telemetry on
+``telemetry/{site}/{device}/reading`` at QoS 1, ``rate`` messages/s, starting at
+a seeded random offset inside the first period so a fleet's publishes are
+spread evenly over time.
 
 Ring changes: each device also subscribes to the site's ring document
 (``edgemq/{site}/ring``, retained on every broker) on whichever broker it is on.
@@ -17,13 +23,7 @@ When the document describes another ring than the device uses (a broker joined
 or left), the device recomputes its preference list (``FailoverPolicy.set_preference``):
 if its owner did not change nothing happens; if it did, the device probes its new
 owner after a seeded random delay within ``move_window_s`` and moves there after
-the usual hold-down, so a new broker gets its share gradually (docs/site.md). Once connected it subscribes to
-``commands/{site}/{device}/#`` (QoS 1), then publishes ``online`` (retained) on
-its status topic, so ``online`` means commands reach it; it logs and counts
-each command, and publishes JSON telemetry on
-``telemetry/{site}/{device}/reading`` at QoS 1, ``rate`` messages/s, starting at
-a seeded random offset inside the first period so a fleet's publishes are
-spread evenly over time.
+the usual hold-down, so a new broker gets its share gradually (docs/site.md).
 
 Delivery rule: a device has at most one telemetry message in flight; it counts
 as *acknowledged* when the broker's PUBACK arrives (``on_ack`` is called then).
