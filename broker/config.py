@@ -218,7 +218,9 @@ def _default_roles() -> dict[str, RoleConfig]:
     site_wide = ["telemetry/{site}/#", "status/{site}/#", "edgemq/{site}/#"]
     return {
         "device": RoleConfig(
-            publish=["telemetry/{site}/{id}/#", "status/{site}/{id}"], subscribe=["commands/{site}/{id}/#"]
+            publish=["telemetry/{site}/{id}/#", "status/{site}/{id}"],
+            # its commands, and the site's ring document (devices follow a ring change: docs/site.md)
+            subscribe=["commands/{site}/{id}/#", "edgemq/{site}/ring"],
         ),
         "dashboard": RoleConfig(subscribe=site_wide),
         "operator": RoleConfig(publish=["commands/{site}/#"], subscribe=[*site_wide, "commands/{site}/#"]),
