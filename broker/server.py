@@ -233,6 +233,8 @@ class BrokerCounters:
     """CONNECTs refused by the ``admission`` hook (CONNACK 0x05)."""
     wills_suppressed: int = 0
     """Wills not fired because the ``presence`` hook found them stale."""
+    dropped_out: int = 0
+    """Messages to connected clients dropped: QoS 0 to one not reading, or the oldest of a full queue."""
 
 
 def _publishable(topic: str) -> bool:
@@ -306,6 +308,16 @@ class EdgeProtocolHandler(FastPathHandler):
         client = self.session.client_id if self.session is not None else "?"
         self.edge_broker.ratelog.warning(
             "invalid-topic", "[MQTT-4.7.2-1] %s published on %r ($ topic): closing", client, topic
+        )
+
+    def limits(self) -> BrokerLimits:
+        return self.edge_broker.limits
+
+    def on_dropped_out(self, qos: int) -> None:
+        self.edge_broker.counters.dropped_out += 1
+        client = self.session.client_id if self.session is not None else "?"
+        self.edge_broker.ratelog.warning(
+            f"dropped-out:{client}", "%s is not keeping up: dropping QoS %d messages to it", client, qos
         )
 
     def count_out(self, n_bytes: int) -> None:
@@ -709,6 +721,9 @@ class EdgeBroker(RoutingBroker):
         # (they are not retained messages [MQTT-3.3.1-9]) and waits for every ack before
         # the client's loop starts. Ours: in order, RETAIN 0, not waited for.
         handler = self._get_handler(session)
+        if isinstance(handler, FastPathHandler):
+            handler.pump()  # within the in-flight window; the rest as PUBACKs come
+            return
         queue = session.retained_messages
         while handler is not None and not queue.empty():
             message = queue.get_nowait()
