@@ -46,7 +46,6 @@ from amqtt.errors import AMQTTError
 from amqtt.events import BrokerEvents, MQTTEvents
 from amqtt.mqtt import packet_class
 from amqtt.mqtt.packet import PUBLISH, MQTTFixedHeader
-from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import OutgoingApplicationMessage
@@ -54,6 +53,7 @@ from amqtt.session import OutgoingApplicationMessage
 from broker.guard import GuardedReader
 from broker.limits import BrokerLimits
 from broker.mqtt_rules import DISCONNECT, PINGREQ, PUBACK, PUBCOMP, PUBREC, PUBREL, SUBSCRIBE, UNSUBSCRIBE
+from broker.qos2_out import QoS2Outgoing
 from broker.wire import decode_publish, encode_puback, encode_publish, packet_id
 
 __all__ = ["AckQueue", "FastPathHandler", "Outbox", "SentOutgoing"]
@@ -185,7 +185,7 @@ class AckQueue:
             self._outbox.send(b"".join(out))
 
 
-class FastPathHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt ships no type info
+class FastPathHandler(QoS2Outgoing):
     """amqtt's broker protocol handler with our reader loop, PUBACK queue and local delivery."""
 
     _outbox: Outbox | None = None
