@@ -11,7 +11,7 @@ connections read through ``broker.guard.GuardedReader``:
 * ``accept_publish`` returns what the PUBACK must wait for (the buffer's group commit,
   or nothing); ``AckQueue`` sends the PUBACKs in PUBLISH order once their commits are
   done, all PUBACKs released in one loop turn as one write;
-* local deliveries (``deliver``) are encoded here and written through the connection's
+* local deliveries (``deliver``, QoS 0 to 2) are encoded here and written through the connection's
   ``Outbox``, which coalesces one loop turn's packets into one write; outgoing QoS 1
   messages stay in the session's ``inflight_out`` until the subscriber's PUBACK (read
   here too), so they are redelivered on reconnect like amqtt's own;
@@ -242,13 +242,13 @@ class FastPathHandler(QoS2Outgoing):
         await super()._send_packet(packet)
 
     def deliver(self, topic: str, topic_bytes: bytes, data: bytes, qos: int) -> bool:
-        """Send a PUBLISH to this connection's client now (QoS 0 or 1); False if it must go amqtt's way.
+        """Send a PUBLISH to this connection's client now; False if it must go amqtt's way.
 
         QoS 0 is dropped while the client is not taking what it was sent (``max_write_buffer``);
-        QoS 1 beyond the in-flight window waits in the session's bounded queue.
+        QoS 1 and 2 beyond the in-flight window wait in the session's bounded queue.
         """
         session = self.session
-        if session is None or self.writer is None or qos > 1:
+        if session is None or self.writer is None:
             return False
         limits = self.limits()
         if qos == 0:
@@ -257,24 +257,52 @@ class FastPathHandler(QoS2Outgoing):
                 self.on_dropped_out(0)
                 return True
             outbox.send(encode_publish(topic_bytes, data, 0, None))
+            self.count_out(len(data))
         elif len(session.inflight_out) >= limits.max_inflight_messages or not session.retained_messages.empty():
             self._queue_out(topic, data, qos, limits)
-            return True
-        elif not self._send_qos1(topic, topic_bytes, data):
-            return True
-        self.count_out(len(data))
+        else:
+            self._send_in_flight(topic, topic_bytes, data, qos)
+        if qos:
+            self.count_out(len(data))
         return True
 
-    def _send_qos1(self, topic: str, topic_bytes: bytes, data: bytes) -> bool:
+    async def mqtt_publish(
+        self, topic: str, data: bytes | bytearray, qos: int | None, retain: bool, ack_timeout: int | None = None
+    ) -> OutgoingApplicationMessage:
+        """amqtt's deliveries (its broadcast loop, commands, resends) through the same window.
+
+        A QoS 1/2 message to a connected client is sent or queued as ``deliver`` does and
+        this returns at once (amqtt's would wait for the acknowledgement). Retained
+        messages (RETAIN=1, a few per SUBSCRIBE) keep amqtt's way.
+        """
+        session = self.session
+        if qos and not retain and session is not None and self.writer is not None and ack_timeout is None:
+            payload = bytes(data)
+            limits = self.limits()
+            if len(session.inflight_out) >= limits.max_inflight_messages or not session.retained_messages.empty():
+                self._queue_out(topic, payload, qos, limits)
+            else:
+                self._send_in_flight(topic, topic.encode(), payload, qos)
+            return OutgoingApplicationMessage(None, topic, qos, payload, retain)
+        message: OutgoingApplicationMessage = await super().mqtt_publish(topic, data, qos, retain, ack_timeout)
+        return message
+
+    def _send_in_flight(self, topic: str, topic_bytes: bytes, data: bytes, qos: int) -> None:
+        """Send a QoS 1 or 2 message, in flight (``inflight_out``) until acknowledged."""
         session = self.session
         try:
             pid = session.next_packet_id
         except AMQTTError:
             log.warning("%s: 65535 messages in flight, dropping one on %s", session.client_id, topic)
-            return False
-        session.inflight_out[pid] = SentOutgoing(pid, topic, 1, data, False)
-        self.outbox().send(encode_publish(topic_bytes, data, 1, pid))
-        return True
+            return
+        if qos == 1:
+            session.inflight_out[pid] = SentOutgoing(pid, topic, qos, data, False)
+            self.outbox().send(encode_publish(topic_bytes, data, 1, pid))
+        else:
+            # In flight now (the window counts it), sent by the QoS 2 flow (``QoS2Outgoing``).
+            message = OutgoingApplicationMessage(pid, topic, qos, data, False)
+            session.inflight_out[pid] = message
+            self.track_task(asyncio.ensure_future(self._handle_qos2_message_flow(message)))
 
     def _queue_out(self, topic: str, data: bytes, qos: int, limits: BrokerLimits) -> None:
         """Queue a message behind a full window (the session's queue: kept if the client goes)."""
@@ -295,14 +323,11 @@ class FastPathHandler(QoS2Outgoing):
         while not queue.empty() and len(session.inflight_out) < window:
             message = queue.get_nowait()
             topic, data, qos = message.topic, bytes(message.data or b""), message.qos or 0
-            if qos == 1:
-                if self._send_qos1(topic, topic.encode(), data):
-                    self.count_out(len(data))
+            if qos:
+                self._send_in_flight(topic, topic.encode(), data, qos)
             else:
-                # QoS 2 (or 0) queued while offline: amqtt's flow, which puts QoS 2 in flight.
-                self.track_task(asyncio.ensure_future(self.mqtt_publish(topic, data, qos, retain=False)))
-                if qos == 2:
-                    break  # counted in flight once its task runs: wait for it
+                self.outbox().send(encode_publish(topic.encode(), data, 0, None))
+            self.count_out(len(data))
 
     def _pump_soon(self) -> None:
         if not self._pump_scheduled and self.session is not None and not self.session.retained_messages.empty():

@@ -83,3 +83,33 @@ def test_stalled_subscriber_bounded_and_others_unaffected(server: BrokerProc) ->
     for w in (slow, normal, pub):
         w.send(P.disconnect())
         w.close()
+
+
+def test_qos2_deliveries_respect_the_inflight_window(server: BrokerProc) -> None:
+    topic, n = uid("stall2"), 200
+    slow = _stalled(server, uid("slow2"), topic)
+    assert slow.subscribe(topic, 2) == 2
+    normal, pub = P.Wire(server.port), P.Wire(server.port)
+    assert normal.connect(uid("normal"))[0] == 0 and normal.subscribe(topic, 0) == 0
+    assert pub.connect(uid("pub"))[0] == 0
+    for i in range(n):  # one flow at a time (Mosquitto drops incoming QoS 2 beyond its window)
+        pub.send(P.publish(topic, PAYLOAD, qos=2, pid=i + 1))
+        pid = pub.recv_type(P.PUBREC, timeout=60).body[:2]
+        pub.send(P.raw((P.PUBREL << 4) | 2, pid))
+        pub.recv_type(P.PUBCOMP, timeout=60)
+    assert _drain(normal, n, 60) == n  # the broker has routed every message
+    first = [p for p in slow.quiet_for(3) if p.type == P.PUBLISH]
+    assert 0 < len(first) <= WINDOW, f"{len(first)} unacknowledged QoS 2 messages in flight (window {WINDOW})"
+    assert all(p.qos == 2 for p in first)
+    # Complete their flows: PUBREC, PUBREL back, PUBCOMP; the window refills.
+    slow.send(b"".join(P.raw(P.PUBREC << 4, p.body[2 + len(topic) : 4 + len(topic)]) for p in first))
+    rels = [p for p in slow.quiet_for(2) if p.type == P.PUBREL]
+    assert len(rels) == len(first)
+    slow.send(b"".join(P.raw(P.PUBCOMP << 4, p.body[:2]) for p in rels))
+    more = [p for p in slow.quiet_for(3) if p.type == P.PUBLISH]
+    assert more, "completing the flows did not free the window"
+    if server.kind != "mosquitto":  # see test_stalled_subscriber_bounded_and_others_unaffected
+        assert len(more) <= WINDOW
+    for w in (slow, normal, pub):
+        w.send(P.disconnect())
+        w.close()
