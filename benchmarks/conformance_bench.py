@@ -220,6 +220,14 @@ def render(idle: list[dict[str, Any]], counts: list[int], cycle: int, lats: list
         cells += [f"{r[n] / MiB:.1f} MiB ({(r[n] - r['base']) / n / 1024:.1f} KiB)" for n in counts]
         cells += [f"{r['closed_all'] / MiB:.1f} MiB", f"{r['cycle_after'] / MiB:.1f} MiB"]
         out.append(f"| {r['kind']} | " + " | ".join(cells) + " |")
+    for r in idle:
+        top = max(counts)
+        out.append("")
+        out.append(f"{r['kind']}: closing all {top:,} connections changed RSS by "
+                   f"{(r['closed_all'] - r[top]) / MiB:+.1f} MiB (they had added "
+                   f"{(r[top] - r['base']) / MiB:.1f} MiB); {cycle:,} more opened and closed after "
+                   f"that moved RSS by {(r['cycle_after'] - r['cycle_before']) / MiB:+.1f} MiB "
+                   "(freed memory is kept by the process and reused, not returned).")
     out += ["", "Publish latency (QoS 0, one publisher every 10 ms to one subscriber, other clients) "
             "while a third client uploads QoS 0 PUBLISHes of `max_packet_size` bytes (whole packet) back to back "
             "(no subscriber for them) until the broker has read them all (a PINGRESP after the last); "
