@@ -8,7 +8,6 @@ the buffer in each publisher's order (``seq`` order).
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from collections import defaultdict
@@ -18,19 +17,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from broker.limits import LIMITS_ENV
 from edgemq.node import buffer_path
 from tests.integration.conftest import wait_for
 
 pytestmark = [pytest.mark.timeout(240)]
-
-
-@pytest.fixture(autouse=True)
-def _deep_queue(monkeypatch: pytest.MonkeyPatch) -> None:
-    # 6,000 messages in a burst to one QoS 1 paho subscriber outrun its in-flight window
-    # (20) plus the default queue (1,000); beyond that the broker drops the oldest, as
-    # Mosquitto does (docs/amqtt-notes.md, entry 60). This test is about order, not limits.
-    monkeypatch.setenv(LIMITS_ENV, json.dumps({"max_queued_messages": 10_000}))
 
 
 def _publish_all(port: int, client_id: str, topic: str, payloads: list[bytes], acked: list[int]) -> None:
