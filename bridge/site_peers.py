@@ -36,10 +36,10 @@ from broker import interest as interest_doc
 from broker import presence as presence_doc
 from broker.client_auth import ClientLogin
 from broker.config import SiteConfig
+from broker.hooks import UplinkTap
 from broker.membership import Member, decode_state, offline_state, peer_of, state_topic
 from broker.ownership import device_from_client_id
 from broker.presence import OFFLINE, ONLINE, Presence, PresenceTable
-from broker.server import UplinkTap
 
 __all__ = ["SitePeers"]
 
@@ -69,8 +69,10 @@ class SitePeers:
         state_interval_s: float = 2.0,
         clock: Callable[[], float] = time.time,
         login: ClientLogin | None = None,
+        on_discovered: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.login = login
+        self.on_discovered = on_discovered
         self._tls_ports = {b.id: b.tls_port for b in site.brokers}
         self.site, self.me = site.id, me
         self.inject, self.local_filters, self.state, self.tap = inject, local_filters, state, tap
@@ -145,8 +147,12 @@ class SitePeers:
         counts[1] += len(payload)
 
     def _discover(self, peer: str, payload: bytes) -> None:
-        """A broker our cluster file does not list linked to us: link back to its address."""
-        address = str(decode_state(peer, payload).doc.get("address", ""))
+        """A broker our cluster file does not list linked to us: link back to its address.
+
+        ``on_discovered(peer, state document)`` then tells the node (which adds it to its ring).
+        """
+        doc = decode_state(peer, payload).doc
+        address = str(doc.get("address", ""))
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit() or not self._link_tasks:
             return
@@ -156,6 +162,11 @@ class SitePeers:
         self.received_counts.setdefault(peer, [0, 0])
         self.discovered.append(peer)
         self._link_tasks.append(asyncio.create_task(link.run(), name=f"peer-link-{peer}"))
+        if self.on_discovered is not None:
+            try:
+                self.on_discovered(peer, doc)
+            except Exception as exc:  # the node's bookkeeping must not break the peer link
+                log.warning("cannot take in broker %s: %r", peer, exc)
 
     def wants(self, topic: str) -> bool:
         return any(link.wants(topic) for link in self.links.values())

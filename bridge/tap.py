@@ -46,33 +46,17 @@ class BufferTap:
         None when there is nothing to wait for (no rule, or ``relaxed``: ack on receipt).
         A refused append fails the future with ``StoreError`` (counted here).
         """
-        rule = self.uplink_map.rule_for_local(topic)
-        if rule is None:
+        rec = self._record(topic, payload, qos, retain, client_id)
+        if rec is None:
             return None
-        rec = self.record_type(
-            topic=topic,
-            payload=payload,
-            qos=min(qos, 1),
-            retain=retain,
-            device=device_key(topic) or client_id,
-            overflow=rule.overflow,
-        )
         fut: asyncio.Future[Any] = self.store.submit(rec)
         fut.add_done_callback(self._log_failure)
         return None if self.durability == "relaxed" else fut
 
     async def offer(self, topic: str, payload: bytes, qos: int, retain: bool, client_id: str) -> None:
-        rule = self.uplink_map.rule_for_local(topic)
-        if rule is None:
+        rec = self._record(topic, payload, qos, retain, client_id)
+        if rec is None:
             return
-        rec = self.record_type(
-            topic=topic,
-            payload=payload,
-            qos=min(qos, 1),
-            retain=retain,
-            device=device_key(topic) or client_id,
-            overflow=rule.overflow,
-        )
         if self.durability == "relaxed":
             # Ack on receipt: the append is queued now (in offer order), not awaited, and
             # without a task per message.
@@ -87,6 +71,20 @@ class BufferTap:
             # broker must not acknowledge it; it closes the device's connection instead.
             self._note(exc)
             raise
+
+    def _record(self, topic: str, payload: bytes, qos: int, retain: bool, client_id: str) -> Any:
+        """The buffer record for a local message, or None if no uplink rule takes its topic."""
+        rule = self.uplink_map.rule_for_local(topic)
+        if rule is None:
+            return None
+        return self.record_type(
+            topic=topic,
+            payload=payload,
+            qos=min(qos, 1),
+            retain=retain,
+            device=device_key(topic) or client_id,
+            overflow=rule.overflow,
+        )
 
     def _log_failure(self, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled():

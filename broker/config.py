@@ -191,7 +191,10 @@ class BridgeConfig(_Model):
         default_factory=lambda: [TopicRule(pattern="commands/{site}/#")],
         description="Cloud topics delivered down to the site's brokers.",
     )
-    inflight: int = Field(100, ge=1, le=65535, description="Unacknowledged uplink messages allowed at once.")
+    inflight: int = Field(
+        1000, ge=1, le=65535,
+        description="Unacknowledged uplink messages allowed at once (an MQTT 5 cloud's Receive Maximum caps it).",
+    )
     rate_limit: float | None = Field(None, gt=0, description="Optional cap on uplink messages per second.")
     reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay after the uplink drops.")
     reconnect_max_s: float = Field(30.0, gt=0, description="Cap on the reconnect delay (jittered exponential).")
@@ -215,7 +218,9 @@ def _default_roles() -> dict[str, RoleConfig]:
     site_wide = ["telemetry/{site}/#", "status/{site}/#", "edgemq/{site}/#"]
     return {
         "device": RoleConfig(
-            publish=["telemetry/{site}/{id}/#", "status/{site}/{id}"], subscribe=["commands/{site}/{id}/#"]
+            publish=["telemetry/{site}/{id}/#", "status/{site}/{id}"],
+            # its commands, and the site's ring document (devices follow a ring change: docs/site.md)
+            subscribe=["commands/{site}/{id}/#", "edgemq/{site}/ring"],
         ),
         "dashboard": RoleConfig(subscribe=site_wide),
         "operator": RoleConfig(publish=["commands/{site}/#"], subscribe=[*site_wide, "commands/{site}/#"]),

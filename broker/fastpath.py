@@ -192,7 +192,7 @@ class FastPathHandler(QoS2Outgoing):
     _acks: AckQueue | None = None
     _pump_scheduled = False
 
-    # -- implemented by broker.server.EdgeProtocolHandler ------------------------------
+    # -- implemented by broker.handler.EdgeProtocolHandler ------------------------------
 
     async def accept_publish(
         self, topic: str, payload: bytes, qos: int, retain: bool

@@ -27,7 +27,8 @@ brokers, exactly one acts on a command for a device: the broker the device is
 present on delivers it; if the device is offline, the first alive broker of
 its preference list (normally the owner) queues it; every other broker drops
 it. ``ring_document`` is the site's ring as the JSON a plain-MQTT device reads
-(retained on ``edgemq/{site}/ring``) to compute its own owner.
+(retained on ``edgemq/{site}/ring``) to compute its own owner; its ``digest``
+(``ring_digest``) changes whenever the brokers, their addresses or weights do.
 
 What it does not do
 -------------------
@@ -40,6 +41,7 @@ partition between the device and the owner) from one that ignores the ring:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -60,6 +62,7 @@ __all__ = [
     "alive_from_states",
     "count",
     "device_from_client_id",
+    "ring_digest",
     "ring_document",
     "ring_topic",
     "route_command",
@@ -188,10 +191,25 @@ def ring_topic(site_id: str) -> str:
     return f"edgemq/{site_id}/ring"
 
 
+def ring_digest(brokers: Iterable[Mapping[str, object]]) -> str:
+    """A stable digest of a ring document's brokers (id, host, port, weight; order does not matter).
+
+    Two documents with the same digest describe the same ring at the same addresses: a
+    client compares digests to see that the ring changed (a broker joined, left, was re-weighted).
+    """
+    rows = sorted((str(b["id"]), str(b["host"]), int(str(b["port"])), float(str(b["weight"]))) for b in brokers)
+    return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
 def ring_document(site: SiteConfig) -> dict[str, object]:
-    """The site's ring as JSON-ready data: brokers (id, address, weight) and the hash spec to compute owners."""
+    """The site's ring as JSON-ready data: brokers (id, address, weight), its digest, and the hash spec."""
+    brokers: list[dict[str, object]] = [
+        {"id": b.id, "host": b.host, "port": b.port, "weight": b.weight}
+        for b in sorted(site.brokers, key=lambda b: b.id)
+    ]
     return {
         "version": 1,
+        "digest": ring_digest(brokers),
         "site": site.id,
         "key": "{site}/{device}",
         "hash": {
@@ -206,8 +224,5 @@ def ring_document(site: SiteConfig) -> dict[str, object]:
             "owner": "highest score; ties: larger u, then smaller broker id",
             "preference": "brokers by descending score (same ties)",
         },
-        "brokers": [
-            {"id": b.id, "host": b.host, "port": b.port, "weight": b.weight}
-            for b in sorted(site.brokers, key=lambda b: b.id)
-        ],
+        "brokers": brokers,
     }

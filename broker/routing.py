@@ -28,7 +28,7 @@ from amqtt.session import Session
 from broker.fastpath import FastPathHandler
 
 if TYPE_CHECKING:
-    from broker.server import UplinkTap
+    from broker.hooks import UplinkTap
 
 __all__ = ["Broadcast", "RoutingBroker"]
 

@@ -46,6 +46,14 @@ What we change, and why (details in docs/amqtt-notes.md):
   and routes them directly (``broker.routing``), without amqtt's task per packet,
   delivery queue, broadcast loop and task per delivery.
 
+Where the parts live: ``broker.handler`` (``EdgeProtocolHandler``: accepting a client's
+PUBLISH, outgoing QoS 1 in flight), ``broker.hooks`` (the tap, peer and presence
+protocols, ``BrokerCounters``), ``broker.persistent`` (sessions across restarts),
+``broker.routing`` (synchronous access control, direct routing), ``broker.fastpath``
+(the reader loop), ``broker.guard`` (framing and limits); this module holds
+``EdgeBroker``: connections, authentication and admission, sessions, wills, retained
+messages and the routed downlink.
+
 This module holds no bridge logic: the tap is a protocol the bridge implements.
 """
 
@@ -53,34 +61,41 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from amqtt.adapters import StreamWriterAdapter
 from amqtt.contexts import Action
 from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.mqtt.publish import PublishPacket
-from amqtt.session import OUTGOING, ApplicationMessage, OutgoingApplicationMessage, Session
+from amqtt.session import ApplicationMessage, Session
 
-from broker.access import Principal
 from broker.auth import bind_principal, principal_of
 from broker.errors import StoreError
-from broker.fastpath import FastPathHandler, SentOutgoing
+from broker.fastpath import FastPathHandler
 from broker.guard import GuardedReader, GuardStatistics
+from broker.handler import EdgeProtocolHandler, publishable
+from broker.hooks import BrokerCounters, PeerHook, PresenceHook, UplinkTap
 from broker.limits import BrokerLimits
 from broker.ownership import Decision, Verdict
+from broker.persistent import PersistentSessionsBroker
 from broker.ratelog import RateLimitedLog
-from broker.routing import Broadcast, RoutingBroker
+from broker.routing import Broadcast
 from broker.session_state import lighten
-from broker.session_store import SessionStore
 from broker.tls import note_connection
 from broker.topics import matches
 
-__all__ = ["BrokerCounters", "BrokerLimits", "EdgeBroker", "PeerHook", "PresenceHook", "UplinkTap", "amqtt_config"]
+__all__ = [
+    "BrokerCounters",
+    "BrokerLimits",
+    "EdgeBroker",
+    "EdgeProtocolHandler",
+    "PeerHook",
+    "PresenceHook",
+    "UplinkTap",
+    "amqtt_config",
+]
 
 log = logging.getLogger(__name__)
 
@@ -171,235 +186,7 @@ class _AmqttBrokerLog(logging.LoggerAdapter[logging.Logger]):
         super().log(level, msg, *args, **kwargs)
 
 
-class UplinkTap(Protocol):
-    """Where the broker hands messages that must go upstream (implemented by the bridge)."""
-
-    def wants(self, topic: str) -> bool:
-        """True if an uplink rule takes this topic."""
-
-    async def offer(self, topic: str, payload: bytes, qos: int, retain: bool, client_id: str) -> None:
-        """Take the message; returns once it is as durable as the configured policy promises.
-
-        Must not raise for capacity problems: those are counted by the tap.
-
-        A tap may also offer ``offer_nowait`` (same arguments): take the message now, in
-        call order, and return a future that completes (or fails) as ``offer`` would
-        return (or raise), or None if there is nothing to wait for. The broker's fast path
-        then needs no task per message (``EdgeBroker.offer``).
-        """
-
-
-class PeerHook(Protocol):
-    """Site peering as the broker sees it (implemented by the bridge's site peers)."""
-
-    def origin(self, client_id: str) -> str | None:
-        """The peer broker a session is the link of, else None (a local client)."""
-
-    def received(self, origin: str, topic: str, payload: bytes, retain: bool) -> None:
-        """Count a message a peer forwarded (it is then delivered to local subscribers only)."""
-
-    def wants(self, topic: str) -> bool:
-        """True if some peer's interest matches ``topic`` (cheap: called for every local PUBLISH)."""
-
-    def forward(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        """Hand a locally published message to the peers that want it; must not block."""
-
-
-class PresenceHook(Protocol):
-    """Told of connections; decides whether a will is stale (implemented by the site peers)."""
-
-    def connected(self, client_id: str) -> None: ...
-    def disconnected(self, client_id: str) -> None: ...
-    def suppress_will(self, client_id: str) -> bool:
-        """True if this client's will must not fire (it is online at another broker since)."""
-
-
-@dataclass
-class BrokerCounters:
-    """Live counters of one broker process (read by the stats writer)."""
-
-    messages_in: int = 0
-    messages_out: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    uplink_offered: int = 0
-    uplink_refused: int = 0
-    invalid_publish: int = 0
-    admission_owned: int = 0
-    """CONNECTs the ``admission`` hook found owned by this broker."""
-    admission_warned: int = 0
-    """CONNECTs admitted with a warning: the device's live owner is another broker (policy warn)."""
-    admission_refused: int = 0
-    """CONNECTs refused by the ``admission`` hook (CONNACK 0x05)."""
-    wills_suppressed: int = 0
-    """Wills not fired because the ``presence`` hook found them stale."""
-    dropped_out: int = 0
-    """Messages to connected clients dropped: QoS 0 to one not reading, or the oldest of a full queue."""
-
-
-def _publishable(topic: str) -> bool:
-    return bool(topic) and "#" not in topic and "+" not in topic and not topic.startswith("$")
-
-
-class EdgeProtocolHandler(FastPathHandler):
-    """amqtt's broker-side protocol handler with the uplink hand-off, the fast path and counters."""
-
-    edge_broker: EdgeBroker
-
-    async def accept_publish(
-        self, topic: str, payload: bytes, qos: int, retain: bool, *, route: bool = True
-    ) -> asyncio.Future[Any] | None:
-        """Accept a PUBLISH from this handler's client: the one place every local publish passes.
-
-        Counts it, checks access control once, offers it to the uplink tap (the buffer) and,
-        with ``route``, delivers it to local subscribers and retains it. Returns what the
-        client's PUBACK must wait for (the buffer commit), or None. Called in packet order
-        by the fast path's reader loop; with ``route=False`` from ``handle_publish``
-        (amqtt's path: QoS 2), where amqtt routes the message itself.
-        """
-        broker = self.edge_broker
-        counters = broker.counters
-        counters.messages_in += 1
-        counters.bytes_in += len(payload)
-        session = self.session
-        if session is None:
-            return None
-        allowed = broker.acl_now(session, topic, Action.PUBLISH)
-        if allowed is None:
-            allowed = await broker.may_publish(session, topic)
-        if not allowed:
-            # MQTT 3.1.1 cannot refuse a PUBLISH: QoS 1 is still acknowledged, the message is
-            # dropped (counted by the ACL plugin).
-            return None
-        peers = broker.peers
-        if peers is not None:
-            origin = peers.origin(session.client_id)
-            if origin is not None:  # forwarded by a peer: local subscribers only (one hop, loop-free)
-                peers.received(origin, topic, payload, retain)
-                if route:
-                    await broker.route(session, topic, payload, qos)
-                    if retain:
-                        await broker.retain_message(session, topic, payload, qos)
-                return None
-        waiting: asyncio.Future[Any] | None = None
-        tap = broker.tap
-        if tap is not None and tap.wants(topic):
-            counters.uplink_offered += 1
-            waiting = broker.offer(tap, topic, payload, qos, retain, session.client_id)
-        # Site-wide: hand it to the peers whose interest matches (never blocks: paho queues it).
-        if peers is not None and peers.wants(topic):
-            peers.forward(topic, payload, qos, retain)
-        if route:
-            await broker.route(session, topic, payload, qos)
-            if retain:
-                await broker.retain_message(session, topic, payload, qos)
-        return waiting
-
-    def on_publish_refused(self, exc: BaseException) -> None:
-        """The buffer refused a message: no PUBACK for it; close the connection (the device resends)."""
-        counters = self.edge_broker.counters
-        counters.uplink_refused += 1
-        client = self.session.client_id if self.session is not None else "?"
-        self.edge_broker.ratelog.warning("refused", "uplink buffer refused a message from %s: %s", client, exc)
-        self.track_task(asyncio.ensure_future(self.handle_connection_closed()))
-
-    def on_invalid_topic(self, topic: str) -> None:
-        self.edge_broker.counters.invalid_publish += 1
-        client = self.session.client_id if self.session is not None else "?"
-        self.edge_broker.ratelog.warning(
-            "invalid-topic", "[MQTT-4.7.2-1] %s published on %r ($ topic): closing", client, topic
-        )
-
-    def limits(self) -> BrokerLimits:
-        return self.edge_broker.limits
-
-    def on_dropped_out(self, qos: int) -> None:
-        self.edge_broker.counters.dropped_out += 1
-        client = self.session.client_id if self.session is not None else "?"
-        self.edge_broker.ratelog.warning(
-            f"dropped-out:{client}", "%s is not keeping up: dropping QoS %d messages to it", client, qos
-        )
-
-    def count_out(self, n_bytes: int) -> None:
-        counters = self.edge_broker.counters
-        counters.messages_out += 1
-        counters.bytes_out += n_bytes
-
-    def track_task(self, task: asyncio.Task[Any]) -> None:
-        self.edge_broker.track(task)
-
-    async def handle_publish(self, publish_packet: PublishPacket) -> None:
-        # amqtt's path (QoS 2, or a plugin listening for packets): the tap first, then amqtt's
-        # QoS flow acknowledges and routes the message.
-        topic = publish_packet.topic_name
-        if topic is None or not _publishable(topic):
-            await super().handle_publish(publish_packet)  # amqtt refuses it and closes
-            return
-        data = bytes(publish_packet.data or b"")
-        qos = publish_packet.qos or 0
-        waiting = await self.accept_publish(topic, data, qos, bool(publish_packet.retain_flag), route=False)
-        if waiting is not None:
-            try:
-                await waiting
-            except Exception as exc:
-                if qos > 0:
-                    self.on_publish_refused(exc)
-                    return
-        await super().handle_publish(publish_packet)
-
-    async def mqtt_publish(
-        self,
-        topic: str,
-        data: bytes | bytearray,
-        qos: int | None,
-        retain: bool,
-        ack_timeout: int | None = None,
-    ) -> OutgoingApplicationMessage:
-        self.count_out(len(data))
-        return await super().mqtt_publish(topic, data, qos, retain, ack_timeout)
-
-    async def _handle_qos1_message_flow(self, app_message: ApplicationMessage) -> None:
-        # amqtt's outgoing flow waits 5 s for the PUBACK and then forgets the message, and
-        # forgets it too when the connection drops: nothing is ever redelivered. Ours keeps
-        # it in the session's ``inflight_out`` until the PUBACK arrives; if the connection
-        # goes first, the next connection of the session resends it with DUP set [MQTT-4.4.0-1].
-        session = self.session
-        if getattr(app_message, "direction", None) != OUTGOING or session is None or app_message.packet_id is None:
-            await super()._handle_qos1_message_flow(app_message)
-            return
-        packet_id = app_message.packet_id
-        session.inflight_out[packet_id] = app_message
-        resend = app_message.publish_packet is not None or isinstance(app_message, SentOutgoing)
-        packet = app_message.build_publish_packet(dup=resend)
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._puback_waiters[packet_id] = waiter
-        try:
-            await self._send_packet(packet)
-            app_message.publish_packet = packet
-            app_message.puback_packet = await waiter
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
-            return  # the handler stopped (connection gone): stays in flight for the next connection
-        finally:
-            if self._puback_waiters.get(packet_id) is waiter:
-                del self._puback_waiters[packet_id]
-        session.inflight_out.pop(packet_id, None)
-
-    async def _retry_deliveries(self) -> None:
-        # amqtt awaits every retry (up to 10 s) before the client's message loop starts;
-        # a client that does not acknowledge at once would stall its own session. Ours
-        # sends the retries in order and lets the broker's task queue follow them.
-        if self.session is None:
-            return
-        messages = list(itertools.chain(self.session.inflight_in.values(), self.session.inflight_out.values()))
-        for message in messages:
-            task = asyncio.ensure_future(self._handle_message_flow(message))
-            self.edge_broker.track(task)
-
-
-class EdgeBroker(RoutingBroker):
+class EdgeBroker(PersistentSessionsBroker):
     """amqtt Broker with edgemq's hooks. Use for both edge and cloud brokers.
 
     ``admission``, if given, is asked once per CONNECT, after authentication, with the
@@ -425,10 +212,6 @@ class EdgeBroker(RoutingBroker):
         # Told the client id after each SUBSCRIBE is handled (the downlink router hands
         # queued commands over then); must not block.
         self.on_subscribed: Callable[[str], None] | None = None
-        # Where persistent sessions' subscriptions are kept across restarts (edge brokers).
-        self.session_store: SessionStore | None = None
-        self.subscription_changes = 0
-        """Bumped on every subscribe/unsubscribe: the site peers recompute their interest only then."""
         self.limits = limits if limits is not None else BrokerLimits.from_env()
         self.counters = BrokerCounters()
         self.guard_stats = GuardStatistics()
@@ -516,9 +299,7 @@ class EdgeBroker(RoutingBroker):
         # amqtt drops the old session but leaves its connection open and running; close it
         # first [MQTT-3.1.4-2].
         await self._take_over(client_id)
-        await super()._delete_session(client_id)
-        if self.session_store is not None:
-            self.session_store.forget(client_id)
+        await super()._delete_session(client_id)  # and forgets its stored subscriptions
 
     async def _initialize_client_session(
         self, reader: Any, writer: Any, remote_address: str, remote_port: int
@@ -674,7 +455,7 @@ class EdgeBroker(RoutingBroker):
         topic = str(session.will_topic)
         payload = bytes(session.will_message or b"")
         qos, retain = int(session.will_qos or 0), bool(session.will_retain)
-        if not _publishable(topic) or not await self.may_publish(session, topic):
+        if not publishable(topic) or not await self.may_publish(session, topic):
             return
         if self.tap is not None and self.tap.wants(topic):
             self.counters.uplink_offered += 1
@@ -765,60 +546,6 @@ class EdgeBroker(RoutingBroker):
         if self.on_subscribed is not None:
             self.on_subscribed(client_session.client_id)
 
-    # -- persistent sessions across restarts (broker.session_store) -------------------
-    # Saved when amqtt adds or removes the subscription, before it sends the SUBACK or
-    # UNSUBACK: a client that has its SUBACK has a subscription that survives a kill -9.
-
-    # Both also bump ``subscription_changes``: the site peers recompute their interest then.
-
-    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
-        self.subscription_changes += 1
-        code = int(await super().add_subscription(subscription, session))
-        if code != 0x80:
-            self._persist_subscriptions(session)
-        return code
-
-    def _del_subscription(self, a_filter: str, session: Session) -> int:
-        self.subscription_changes += 1
-        deleted = int(super()._del_subscription(a_filter, session))
-        if deleted:
-            self._persist_subscriptions(session)
-        return deleted
-
-    def _persist_subscriptions(self, session: Session) -> None:
-        if self.session_store is None or session.clean_session or not session.client_id:
-            return
-        subs = [(f, q) for f, entries in self._subscriptions.items() for s, q in entries if s is session]
-        principal = principal_of(session)
-        try:
-            self.session_store.save(session.client_id, subs, None if principal is None else asdict(principal))
-        except Exception as exc:  # the subscription stands; only its survival of a restart is at risk
-            self.ratelog.warning("sessions", "cannot save the session of %s: %r", session.client_id, exc)
-
-    def restore_sessions(self) -> int:
-        """Recreate the stored persistent sessions, disconnected, with their subscriptions; return how many.
-
-        Call once after ``start()`` and before clients connect. Subscriptions are put back as
-        they were granted (access control checked them then; a reconnect binds the client's
-        identity to the session again).
-        """
-        if self.session_store is None:
-            return 0
-        restored = 0
-        for client_id, (subs, principal) in self.session_store.load().items():
-            if client_id in self._sessions:
-                continue
-            handler, session = self.create_offline_session(client_id)
-            lighten(session)
-            session.clean_session = False
-            if principal is not None:  # is_anonymous stays False, as for every session (_check_credentials)
-                bind_principal(session, Principal(**principal))
-            self._sessions[client_id] = (session, handler)
-            for topic_filter, qos in subs:  # through __setitem__: the routing cache sees new filters
-                self._subscriptions[topic_filter] = [*self._subscriptions.get(topic_filter, []), (session, qos)]
-            restored += 1
-        return restored
-
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session
     ) -> None:
@@ -853,14 +580,6 @@ class EdgeBroker(RoutingBroker):
     def connected_clients(self) -> int:
         """Clients connected right now."""
         return sum(1 for session, _ in self.sessions.values() if session.transitions.state == "connected")
-
-    async def _del_all_subscriptions(self, session: Session) -> None:
-        self.subscription_changes += 1
-        await super()._del_all_subscriptions(session)
-
-    def subscribed_filters(self) -> dict[str, list[str]]:
-        """Every topic filter subscribed to (connected or persistent sessions), with its client ids."""
-        return {f: [session.client_id for session, _ in subs] for f, subs in self._subscriptions.items()}
 
     def client_ids(self) -> list[str]:
         """Client ids connected right now."""

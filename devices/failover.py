@@ -27,6 +27,12 @@ next attempt goes to; a *walk* is a pass over the list from the owner down)::
     failover     probe_result(False)   failover      owner's healthy streak reset; next probe
     failover     probe_result(True)    failover      streak grows; next probe
                  ... streak >= hold    returning     i = 0 now; the shell disconnects and goes home
+    home/failover set_preference       home          the new owner is the broker it is on
+    home/failover set_preference       failover      owner changed: first probe of the new owner
+                                                     after a random delay in [0, move_window_s]
+    any          set_preference        (unchanged)   same owner: nothing moves (successors updated)
+    connecting/  set_preference        (unchanged)   owner changed: the next walk starts at the new
+    returning                                        owner (a returning device goes there directly)
 
 Back-off: the k-th consecutive delay is uniform in [c/2, c], c = min(max, min·2^k)
 (jitter from the ``rng`` passed in). It grows after a whole walk failed, or
@@ -38,6 +44,14 @@ No flapping: the only voluntary move is back to the owner, and it needs the
 owner healthy at every probe for ``hold_down_s``; so voluntary moves are at
 least ``hold_down_s`` apart. Moves forced by a broken connection are not
 voluntary and follow the back-off.
+
+Ring changes (``set_preference``): when the site's ring changes (a broker joined
+or left), the shell hands the device its new preference list. A device whose
+owner did not change does nothing. One whose owner changed and that is connected
+elsewhere becomes a failover device of its new owner: it probes it after a random
+delay (uniform in [0, ``move_window_s``], from the policy's ``rng``, so a fleet's
+moves spread over the window) and goes there after the usual hold-down; it never
+leaves a working connection for a broker that does not answer.
 
 What it does not do
 -------------------
@@ -76,11 +90,12 @@ class FailoverSettings:
     retry_min_s: float = 0.5
     retry_max_s: float = 15.0
     stable_s: float = 10.0  # a connection that lasted this long resets the back-off
+    move_window_s: float = 30.0  # after a ring change, the first probe of a new owner is uniform in [0, this]
 
     def __post_init__(self) -> None:
         if self.probe_interval_s <= 0 or self.retry_min_s <= 0 or self.retry_max_s < self.retry_min_s:
             raise ValueError(f"invalid failover settings: {self}")
-        if not 0 <= self.probe_jitter < 1 or self.hold_down_s < 0 or self.stable_s < 0:
+        if not 0 <= self.probe_jitter < 1 or self.hold_down_s < 0 or self.stable_s < 0 or self.move_window_s < 0:
             raise ValueError(f"invalid failover settings: {self}")
 
 
@@ -119,6 +134,7 @@ class FailoverPolicy:
         if not preference or len(set(preference)) != len(preference):
             raise ValueError(f"a preference list needs distinct brokers, got {list(preference)!r}")
         self.preference: tuple[str, ...] = tuple(preference)
+        self._known = set(self.preference)  # brokers of this and earlier preference lists
         self.settings = settings
         self._rng = rng
         self._index = 0
@@ -186,7 +202,10 @@ class FailoverPolicy:
         self._next_probe = None
         self._healthy_since = None
         self._index = index + 1
-        if self._index < len(self.preference):
+        if index >= len(self.preference):  # a broker a ring change dropped: walk from the owner now
+            self._index = 0
+            self._not_before = now
+        elif self._index < len(self.preference):
             self._not_before = now
         else:
             self._index = 0
@@ -229,12 +248,45 @@ class FailoverPolicy:
         self._next_probe = now + self._probe_interval()
         return False
 
+    def set_preference(self, preference: Sequence[str], now: float) -> bool:
+        """The site's ring changed: adopt ``preference`` (owner first). True if the owner changed.
+
+        Same owner: nothing moves. New owner and connected elsewhere: failover towards it,
+        first probe after a random delay in [0, move_window_s], then the normal hold-down.
+        """
+        if not preference or len(set(preference)) != len(preference):
+            raise ValueError(f"a preference list needs distinct brokers, got {list(preference)!r}")
+        old_owner = self.owner
+        self.preference = tuple(preference)
+        self._known.update(self.preference)
+        if self._index >= len(self.preference):
+            self._index = 0
+        if self.owner == old_owner:
+            return False
+        state, broker = self._status.state, self._status.broker
+        self._healthy_since = None
+        if state in (State.CONNECTING, State.RETURNING):
+            self._index = 0  # the next walk starts at the new owner
+        elif broker == self.owner:
+            self._next_probe = None
+            self._status = Status(State.HOME, broker, f"home (owner in the new ring, was {old_owner})", now)
+        else:
+            delay = self._rng.uniform(0.0, self.settings.move_window_s)
+            self._next_probe = now + delay
+            self._status = Status(
+                State.FAILOVER, broker, f"ring changed: owner now {self.owner} (was {old_owner}), "
+                f"first probe in {delay:.1f}s", now,
+            )
+        return True
+
     # -- internals -----------------------------------------------------------------------------
 
     def _position(self, broker: str) -> int:
         try:
             return self.preference.index(broker)
         except ValueError:
+            if broker in self._known:  # dropped by a ring change while the device was on it
+                return len(self.preference)
             raise ValueError(f"{broker!r} is not in the preference list {self.preference!r}") from None
 
     def _probe_interval(self) -> float:

@@ -17,6 +17,14 @@ each command, and publishes JSON telemetry on
 a seeded random offset inside the first period so a fleet's publishes are
 spread evenly over time.
 
+Ring changes: each device also subscribes to the site's ring document
+(``edgemq/{site}/ring``, retained on every broker) on whichever broker it is on.
+When the document describes another ring than the device uses (a broker joined
+or left), the device recomputes its preference list (``FailoverPolicy.set_preference``):
+if its owner did not change nothing happens; if it did, the device probes its new
+owner after a seeded random delay within ``move_window_s`` and moves there after
+the usual hold-down, so a new broker gets its share gradually (docs/site.md).
+
 Delivery rule: a device has at most one telemetry message in flight; it counts
 as *acknowledged* when the broker's PUBACK arrives (``on_ack`` is called then).
 If the connection breaks first, the device reconnects (owner first, then down
@@ -53,7 +61,7 @@ from broker.config import BrokerConfig, SiteConfig
 from broker.ratelog import RateLimitedLog
 from devices.failover import FailoverPolicy, FailoverSettings, State, backoff_delay
 from devices.payload import Telemetry
-from devices.placement import choose_broker, preference
+from devices.placement import choose_broker, preference, site_from_ring_document
 
 __all__ = [
     "Ack",
@@ -108,6 +116,12 @@ class FleetConfig(BaseModel):
         30.0, ge=0, description="The owner must answer every probe this long before a device goes home."
     )
     stable_s: float = Field(10.0, ge=0, description="A connection that lasted this long resets the back-off.")
+    follow_ring: bool = Field(
+        True, description="Follow the site's ring document (edgemq/{site}/ring) when a broker joins or leaves."
+    )
+    move_window_s: float = Field(
+        30.0, ge=0, description="After a ring change, a device whose owner changed first probes it within this window."
+    )
     passwords: dict[str, SecretStr] = Field(
         default_factory=dict,
         description="Password of each device (the device id is its username); a device without one is anonymous.",
@@ -310,6 +324,8 @@ class _Device:
     base_temp: float
     base_humidity: float
     policy: FailoverPolicy
+    ring: tuple[tuple[str, str, int, float], ...] = ()
+    prober: asyncio.Task[None] | None = None
     broker: str = ""
     attempts: int = 0
     moving: bool = False
@@ -356,7 +372,10 @@ class _Runner:
             retry_min_s=config.reconnect_min_s,
             retry_max_s=config.reconnect_max_s,
             stable_s=config.stable_s,
+            move_window_s=config.move_window_s,
         )
+        self.ring_topic = f"edgemq/{self.site}/ring"
+        self._ring_docs: dict[bytes, SiteConfig | None] = {}  # parsed ring documents by payload
         self.loop = asyncio.get_running_loop()
         self.started_at = self.loop.time()
         self.deadline = None if config.duration_s is None else self.started_at + config.duration_s
@@ -380,6 +399,7 @@ class _Runner:
             base_temp=rng.uniform(15.0, 30.0),
             base_humidity=rng.uniform(30.0, 60.0),
             policy=FailoverPolicy(walk, self.failover, backoff_rng, self.loop.time()),
+            ring=_ring_key(self.cfg.site),
         )
 
     def stats(self) -> FleetStats:
@@ -530,7 +550,11 @@ class _Runner:
             timeout = self.cfg.publish_timeout_s
             status = status_topic(self.site, dev.id)
             # Subscribe first: once 'online' is visible, a command sent to the device reaches it.
-            await client.subscribe(command_filter(self.site, dev.id), qos=1, timeout=timeout)
+            # The ring document comes with it (retained); a broker that refuses it (ACL) answers 0x80.
+            filters = [(command_filter(self.site, dev.id), 1)]
+            if self.cfg.follow_ring:
+                filters.append((self.ring_topic, 1))
+            await client.subscribe(filters, timeout=timeout)
             await client.publish(status, b"online", qos=1, retain=True, timeout=timeout)
             await self._session(client, dev, broker)
             if dev.moving:
@@ -549,12 +573,14 @@ class _Runner:
         reader = asyncio.create_task(self._read_commands(client, dev), name=f"commands-{dev.id}")
         publisher = asyncio.create_task(self._publish(client, dev, broker), name=f"publish-{dev.id}")
         tasks = [reader, publisher]
-        if dev.policy.next_probe_at is not None:
-            tasks.append(asyncio.create_task(self._probe_home(dev), name=f"probe-{dev.id}"))
+        self._start_prober(dev)
         try:
             # The prober only sets dev.moving; the publisher then ends the session between messages.
             await asyncio.wait((reader, publisher), return_when=asyncio.FIRST_COMPLETED)
         finally:
+            if dev.prober is not None:
+                tasks.append(dev.prober)
+                dev.prober = None
             for task in tasks:
                 task.cancel()
             results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -564,12 +590,19 @@ class _Runner:
             if isinstance(res, BaseException) and not isinstance(res, asyncio.CancelledError):
                 raise res
 
+    def _start_prober(self, dev: _Device) -> None:
+        """Run the probe loop while the policy wants probes and none runs (at connect, or after a ring change)."""
+        if dev.policy.next_probe_at is not None and (dev.prober is None or dev.prober.done()):
+            dev.prober = asyncio.create_task(self._probe_home(dev), name=f"probe-{dev.id}")
+
     async def _probe_home(self, dev: _Device) -> None:
         """While away, probe the owner when the policy says; mark the device moving when it says go home."""
-        owner = self.brokers[dev.policy.owner]
         while (at := dev.policy.next_probe_at) is not None:
             if not await self._sleep_until(at):
                 return
+            if at != dev.policy.next_probe_at:
+                continue  # the ring changed while we slept: new owner, new schedule
+            owner = self.brokers[dev.policy.owner]
             host, port = self._endpoint(owner)
             username, password = self._login(dev)
             ok = await probe_broker(host, port, f"probe-{dev.client_id}", self.cfg.probe_timeout_s,
@@ -582,6 +615,9 @@ class _Runner:
     async def _read_commands(self, client: aiomqtt.Client, dev: _Device) -> None:
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            if message.topic.value == self.ring_topic:
+                self._ring_document(dev, payload)
+                continue
             dev.commands += 1
             self.counters.commands += 1
             logger.info(
@@ -613,6 +649,32 @@ class _Runner:
             self.counters.acked += 1
             if self.on_ack is not None:
                 self.on_ack(Ack(device=dev.id, seq=seq, broker=broker.id, topic=topic, payload=payload))
+
+    def _ring_document(self, dev: _Device, payload: bytes) -> None:
+        """The broker's ring document: if it is another ring than the device's, follow it."""
+        if payload not in self._ring_docs:
+            if len(self._ring_docs) > 16:
+                self._ring_docs.clear()
+            self._ring_docs[payload] = site_from_ring_document(self.cfg.site, payload)
+        site = self._ring_docs[payload]
+        if site is None:
+            self.warnings.warning("ring", "ignoring a malformed ring document on %s", self.ring_topic)
+            return
+        key = _ring_key(site)
+        if key == dev.ring:
+            return
+        dev.ring = key
+        for b in site.brokers:
+            self.brokers[b.id] = b
+        old = dev.policy.owner
+        walk = [b.id for b in preference(site, dev.id, self.cfg.preference_n)]
+        if dev.policy.set_preference(walk, self.loop.time()):
+            logger.debug("%s: ring changed, owner %s -> %s: %s", dev.id, old, dev.policy.owner,
+                         dev.policy.status.reason)
+            self.warnings.log(logging.INFO, f"ring>{dev.policy.owner}",
+                              "ring of %s changed: devices of %s now belong to %s and move there within %.0fs "
+                              "plus the hold-down", self.site, old, dev.policy.owner, self.cfg.move_window_s)
+            self._start_prober(dev)
 
     def reports(self) -> tuple[DeviceReport, ...]:
         return tuple(
@@ -696,6 +758,11 @@ async def run_fleet(
         final.reconnects,
     )
     return FleetResult(stats=final, devices=runner.reports(), stopped=stop.is_set())
+
+
+def _ring_key(site: SiteConfig) -> tuple[tuple[str, str, int, float], ...]:
+    """What identifies a ring for a device: its brokers' ids, addresses and weights."""
+    return tuple(sorted((b.id, b.host, b.port, b.weight) for b in site.brokers))
 
 
 async def _tick(runner: _Runner, progress: Callable[[FleetStats], None]) -> None:

@@ -260,6 +260,11 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Seed for start offsets, readings and back-off jitter.")] = 1,
     first: Annotated[int, typer.Option(min=0, help="Number of the first device (dev-0001 by default).")] = 1,
     batch: Annotated[int, typer.Option(min=1, help="Devices started (and connecting) at once.")] = 50,
+    move_window: Annotated[
+        float,
+        typer.Option(min=0, help="When the site's ring changes, devices with a new owner move to it at a random "
+                     "moment within this many seconds (then the usual hold-down)."),
+    ] = 30.0,
     stats: Annotated[bool, typer.Option(help="Write stats to <run_dir>/stats/devices.json.")] = True,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
@@ -291,6 +296,7 @@ def simulate(
         seed=seed,
         first_device=first,
         connect_batch=batch,
+        move_window_s=move_window,
     )
     bound = " ".join(
         part

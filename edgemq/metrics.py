@@ -149,6 +149,13 @@ class SnapshotCollector(Collector):
             if snap.get(f"bytes_{direction}") is not None:
                 byts.add_metric([*values, direction], float(snap[f"bytes_{direction}"]))
         found += [msgs if msgs.samples else None, byts if byts.samples else None]
+        by_qos = snap.get("messages_in_by_qos")
+        if isinstance(by_qos, Mapping):
+            qos_fam = CounterMetricFamily("edgemq_messages_received_by_qos", "PUBLISH packets received from "
+                                          "clients, by the QoS they were published with.", labels=[*names, "qos"])
+            for qos, n in sorted(by_qos.items()):
+                qos_fam.add_metric([*values, str(qos)], float(n))
+            found.append(qos_fam)
         found.append(counter("edgemq_uplink_refused_messages", "Uplink messages refused by the buffer "
                              "(not acknowledged to the device).", snap.get("uplink_refused")))
         found.append(counter("edgemq_buffer_append_failures", "Buffer appends that failed (store errors).",

@@ -29,7 +29,7 @@ from bridge.site_peers import SitePeers
 from bridge.store import Store
 from bridge.tap import BufferTap
 from broker.client_auth import probe_target, site_login, uplink_cloud
-from broker.config import ClusterConfig, SiteConfig
+from broker.config import BrokerConfig, ClusterConfig, SiteConfig
 from broker.limits import LIMITS_ENV, BrokerLimits
 from broker.ownership import (
     Decision,
@@ -164,18 +164,48 @@ def _start_metrics(
     return metrics.serve(latest, chosen)
 
 
+class _SiteRing:
+    """The site's ring as this broker knows it: its cluster file's brokers plus those that joined since.
+
+    A broker that is not in the file and links to us (``SitePeers`` discovers it from its
+    state document: address, weight) joins the ring; nobody ever leaves it while we run (a
+    broker that goes offline has failed, its devices fail over; removal is a restart with
+    the new cluster file, docs/site.md).
+    """
+
+    def __init__(self, site: SiteConfig) -> None:
+        self.site = site
+        self.ring = Ring((b.id, b.weight) for b in site.brokers)
+
+    def join(self, broker_id: str, state: dict[str, Any]) -> BrokerConfig | None:
+        """Add ``broker_id`` from its state document; None if known already or unusable."""
+        if broker_id in self.ring:
+            return None
+        host, _, port = str(state.get("address", "")).rpartition(":")
+        try:
+            b = BrokerConfig(id=broker_id, host=host, port=int(port), weight=float(state.get("weight", 1.0)))
+            ring = self.ring.with_broker(b.id, b.weight)
+        except (ValueError, TypeError):  # pydantic's ValidationError and RingError are ValueErrors
+            return None
+        self.site = self.site.model_copy(update={"brokers": [*self.site.brokers, b]})
+        self.ring = ring
+        return b
+
+
 class _Ownership:
     """Owned / foreign / unknown among a broker's connected clients (owners cached per client id)."""
 
-    def __init__(self, site: SiteConfig, broker_id: str) -> None:
-        self.site = site.id
+    def __init__(self, ring: _SiteRing, broker_id: str) -> None:
+        self.site = ring.site.id
         self.broker = broker_id
-        self.ring = Ring((b.id, b.weight) for b in site.brokers)
+        self.site_ring = ring
+        self.ring = ring.ring
         self._owner: dict[str, str | None] = {}
 
     def count(self, client_ids: list[str]) -> OwnershipCount:
         owned = foreign = unknown = 0
-        if len(self._owner) > 100_000:
+        if len(self._owner) > 100_000 or self.ring is not self.site_ring.ring:
+            self.ring = self.site_ring.ring  # a broker joined: owners change
             self._owner.clear()
         for cid in client_ids:
             if cid not in self._owner:
@@ -206,13 +236,21 @@ class _PeerLiveness:
         self.targets = [probe_target(cfg, b) if cfg is not None else (b.host, b.port, None) for b in self.peers]
         # Unknown counts as down: until a peer has answered, its devices are admitted here.
         self.alive: frozenset[str] = frozenset()
+        self.cfg = cfg
+
+    def add(self, broker: BrokerConfig) -> None:
+        """Probe a broker that joined the site since start-up too."""
+        self.peers.append(broker)
+        target = probe_target(self.cfg, broker) if self.cfg is not None else (broker.host, broker.port, None)
+        self.targets.append(target)
 
     async def run(self) -> None:
         while True:
+            peers, targets = list(self.peers), list(self.targets)  # add() may run while we probe
             results = await asyncio.gather(
-                *(asyncio.to_thread(mqtt_answers, host, port, 0.5, ctx) for host, port, ctx in self.targets)
+                *(asyncio.to_thread(mqtt_answers, host, port, 0.5, ctx) for host, port, ctx in targets)
             )
-            self.alive = frozenset(b.id for b, ok in zip(self.peers, results, strict=True) if ok)
+            self.alive = frozenset(b.id for b, ok in zip(peers, results, strict=True) if ok)
             await asyncio.sleep(self.interval_s)
 
 
@@ -234,6 +272,7 @@ def _broker_snapshot(broker: EdgeBroker, name: str, address: str, started: float
         "ts": time.time(),
         "clients": broker.connected_clients(),
         "messages_in": c.messages_in,
+        "messages_in_by_qos": {str(q): n for q, n in enumerate(c.messages_in_by_qos)},
         "messages_out": c.messages_out,
         "bytes_in": c.bytes_in,
         "bytes_out": c.bytes_out,
@@ -343,12 +382,12 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
         config["listeners"] = broker_listeners(cfg.security.tls, bcfg)
         config["plugins"] = security_plugins(cfg.security, site=site.id)
         liveness = _PeerLiveness(site, bcfg.id, cfg=cfg)
-        ring = Ring((b.id, b.weight) for b in site.brokers)
+        ring = _SiteRing(site)  # grows when a broker joins the running site
 
         def decide(client_id: str) -> Decision:
             device = device_from_client_id(site.id, client_id)
             key = f"{site.id}/{device}" if device is not None else None
-            return admit(ring, key, bcfg.id, liveness.alive, site.ownership_policy)
+            return admit(ring.ring, key, bcfg.id, liveness.alive, site.ownership_policy)
 
         broker = EdgeBroker(config, tap=tap, limits=broker_limits(cfg), admission=decide)
         # Persistent sessions survive a restart of the gateway (their subscriptions; commands
@@ -358,13 +397,14 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
         if restored := broker.restore_sessions():
             log.info("restored %d persistent session(s) from %s", restored, broker.session_store.path)
         started = time.time()
-        ownership = _Ownership(site, bcfg.id)
+        ownership = _Ownership(ring, bcfg.id)
 
         def member_state() -> dict[str, Any]:
             own = ownership.count(broker.client_ids())
             return {
                 "version": _VERSION,
                 "address": f"{bcfg.host}:{bcfg.port}",
+                "weight": bcfg.weight,
                 "since": started,
                 "owned": own.owned,
                 "clients": broker.connected_clients(),
@@ -372,17 +412,34 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
                 "backlog": store.statistics().depth_messages,
             }
 
+        async def publish_ring() -> None:
+            # The site's ring, retained on every broker: how devices find their owner (and follow a change).
+            await broker.inject(ring_topic(site.id), json.dumps(ring_document(ring.site)).encode(), 1, retain=True)
+
+        ring_tasks: set[asyncio.Task[None]] = set()
+
+        def joined(peer: str, state: dict[str, Any]) -> None:
+            if (added := ring.join(peer, state)) is None:
+                return
+            log.info("broker %s (weight %g) joined %s: now in the ring; its devices move to it", peer,
+                     added.weight, site.id)
+            liveness.add(added)
+            task = asyncio.create_task(publish_ring(), name="ring-document")
+            ring_tasks.add(task)
+            task.add_done_callback(ring_tasks.discard)
+
         # Site peering (docs/site.md): peer links, interest, membership, presence.
         peers = SitePeers(site, bcfg.id, broker.inject, local_filters=broker.subscribed_filters,
                           local_changes=lambda: broker.subscription_changes, state=member_state, tap=tap,
-                          login=site_login(cfg, "peer", site.id))
+                          login=site_login(cfg, "peer", site.id), on_discovered=joined)
         broker.peers = peers
         broker.presence = peers
         # Commands from the cloud: one broker of the site delivers each to its device, and the
         # device's keeper queues it (durably, with a time-to-live) while it is offline.
         def command_route(device: str) -> Route:
             here = bcfg.id if broker_client_online(broker, site.id, device) else None
-            return route_command(ring, f"{site.id}/{device}", bcfg.id, here or peers.present_at(device), liveness.alive)
+            return route_command(ring.ring, f"{site.id}/{device}", bcfg.id, here or peers.present_at(device),
+                                 liveness.alive)
 
         router = DownlinkRouter(
             site=site.id,
@@ -392,8 +449,7 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
             ttl_s=cfg.bridge.command_ttl_s,
         )
         broker.on_subscribed = router.subscribed
-        # The site's ring, retained on every broker: how a plain-MQTT device finds its owner.
-        await broker.inject(ring_topic(site.id), json.dumps(ring_document(site)).encode(), 1, retain=True)
+        await publish_ring()
         log.info("edge broker %s/%s listening on %s:%s, buffer %s", site.id, bcfg.id, bcfg.host, bcfg.port, path)
         latest = LatestSnapshot()
         server = _start_metrics(bcfg.port, metrics_port, latest, bcfg.metrics_port)
