@@ -355,7 +355,18 @@ class LimitsConfig(_Model):
         1.5, gt=0, description="A client silent this many times its keep-alive is disconnected (will published)."
     )
     max_queued_messages: int = Field(
-        1000, gt=0, description="QoS 1 messages kept per offline persistent session; the oldest is dropped beyond."
+        1000,
+        gt=0,
+        description="QoS 1/2 messages queued per session (offline, or behind a full in-flight window); "
+        "the oldest is dropped beyond.",
+    )
+    max_inflight_messages: int = Field(
+        20, gt=0, description="Outgoing QoS 1/2 messages unacknowledged per client; further ones wait in its queue."
+    )
+    max_write_buffer: int = Field(
+        1024 * 1024,
+        gt=0,
+        description="Bytes a client's socket has not taken yet above which QoS 0 messages to it are dropped.",
     )
     max_topic_length: int = Field(65535, gt=0, description="Longest topic name or filter, in bytes.")
     max_topic_levels: int = Field(128, gt=0, description="Most '/'-separated levels in a topic.")

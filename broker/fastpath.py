@@ -11,10 +11,18 @@ connections read through ``broker.guard.GuardedReader``:
 * ``accept_publish`` returns what the PUBACK must wait for (the buffer's group commit,
   or nothing); ``AckQueue`` sends the PUBACKs in PUBLISH order once their commits are
   done, all PUBACKs released in one loop turn as one write;
-* local deliveries (``deliver``) are encoded here and written through the connection's
+* local deliveries (``deliver``, QoS 0 to 2) are encoded here and written through the connection's
   ``Outbox``, which coalesces one loop turn's packets into one write; outgoing QoS 1
   messages stay in the session's ``inflight_out`` until the subscriber's PUBACK (read
   here too), so they are redelivered on reconnect like amqtt's own;
+* outgoing flow control, as Mosquitto does it (docs/amqtt-notes.md, entry 60): at most
+  ``max_inflight_messages`` QoS 1/2 messages unacknowledged per session; further ones
+  wait in the session's queue (``retained_messages``, amqtt's offline queue, bounded
+  by ``max_queued_messages``, oldest dropped and counted) and are sent as PUBACKs free
+  the window (``pump``). A QoS 0 message is dropped (counted) while the connection
+  has more than ``max_write_buffer`` bytes its socket has not taken: a subscriber that
+  does not read costs at most the window, the queue and that buffer, and never slows
+  anyone else;
 * every other packet (SUBSCRIBE, PINGREQ, DISCONNECT, QoS 2 flows) is handed back to
   amqtt's decoder and handlers, awaited in order (QoS 2 PUBLISH runs in a task, as in
   amqtt, because its flow waits for the client's PUBREL). So does every PUBLISH while an
@@ -33,22 +41,26 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from amqtt.broker import RetainedApplicationMessage
 from amqtt.errors import AMQTTError
 from amqtt.events import BrokerEvents, MQTTEvents
 from amqtt.mqtt import packet_class
 from amqtt.mqtt.packet import PUBLISH, MQTTFixedHeader
-from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import OutgoingApplicationMessage
 
 from broker.guard import GuardedReader
+from broker.limits import BrokerLimits
 from broker.mqtt_rules import DISCONNECT, PINGREQ, PUBACK, PUBCOMP, PUBREC, PUBREL, SUBSCRIBE, UNSUBSCRIBE
+from broker.qos2_out import QoS2Outgoing
 from broker.wire import decode_publish, encode_puback, encode_publish, packet_id
 
 __all__ = ["AckQueue", "FastPathHandler", "Outbox", "SentOutgoing"]
 
 log = logging.getLogger(__name__)
+
+_DEFAULT_LIMITS = BrokerLimits()
 
 MAX_PENDING_ACKS = 1000
 """PUBACKs one connection may have waiting for commits before its reader waits (backpressure)."""
@@ -63,10 +75,17 @@ class SentOutgoing(OutgoingApplicationMessage):  # type: ignore[misc]  # amqtt s
 class Outbox:
     """Coalesces the packets one connection is sent during a loop turn into one write."""
 
-    def __init__(self, write: Callable[[bytes], None], closing: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        write: Callable[[bytes], None],
+        closing: Callable[[], bool],
+        unsent: Callable[[], int] = lambda: 0,
+    ) -> None:
         self._write = write
         self._closing = closing
+        self._unsent = unsent
         self._parts: list[bytes] = []
+        self._queued = 0  # bytes in _parts
         self._scheduled = False
         self._loop = asyncio.get_running_loop()
         self.writes = 0  # transport writes made (statistics, tests)
@@ -74,6 +93,7 @@ class Outbox:
     def send(self, data: bytes) -> None:
         """Queue ``data``; written at the end of this loop turn, after everything queued before."""
         self._parts.append(data)
+        self._queued += len(data)
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self.flush)
@@ -85,6 +105,7 @@ class Outbox:
             return
         data = b"".join(self._parts) if len(self._parts) > 1 else self._parts[0]
         self._parts = []
+        self._queued = 0
         if self._closing():
             return
         self.writes += 1
@@ -92,6 +113,11 @@ class Outbox:
             self._write(data)
         except (RuntimeError, OSError):  # closed under us (uvloop raises): the reader sees the end
             log.debug("write on a closed connection dropped (%d bytes)", len(data))
+
+
+    def backlog(self) -> int:
+        """Bytes queued here or in the transport that the client's socket has not taken yet."""
+        return self._queued + self._unsent()
 
 
 class AckQueue:
@@ -159,11 +185,12 @@ class AckQueue:
             self._outbox.send(b"".join(out))
 
 
-class FastPathHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt ships no type info
+class FastPathHandler(QoS2Outgoing):
     """amqtt's broker protocol handler with our reader loop, PUBACK queue and local delivery."""
 
     _outbox: Outbox | None = None
     _acks: AckQueue | None = None
+    _pump_scheduled = False
 
     # -- implemented by broker.handler.EdgeProtocolHandler ------------------------------
 
@@ -181,6 +208,13 @@ class FastPathHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt shi
     def on_invalid_topic(self, topic: str) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def limits(self) -> BrokerLimits:
+        """The broker's limits (overridden by ``broker.server.EdgeProtocolHandler``)."""
+        return _DEFAULT_LIMITS
+
+    def on_dropped_out(self, qos: int) -> None:
+        """A message for this client was dropped: QoS 0 (not reading) or the oldest queued one."""
+
     # -- output -----------------------------------------------------------------------
 
     def outbox(self) -> Outbox:
@@ -189,10 +223,15 @@ class FastPathHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt shi
             writer = self.writer
             stream = getattr(writer, "_writer", None)
 
+            transport = getattr(stream, "transport", None)
+
             def closing() -> bool:
                 return bool(getattr(writer, "is_closed", False)) or (stream is not None and stream.is_closing())
 
-            self._outbox = Outbox(writer.write, closing)
+            def unsent() -> int:
+                return int(transport.get_write_buffer_size()) if transport is not None else 0
+
+            self._outbox = Outbox(writer.write, closing, unsent)
         return self._outbox
 
     async def _send_packet(self, packet: Any) -> None:
@@ -203,22 +242,97 @@ class FastPathHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt shi
         await super()._send_packet(packet)
 
     def deliver(self, topic: str, topic_bytes: bytes, data: bytes, qos: int) -> bool:
-        """Send a PUBLISH to this connection's client now (QoS 0 or 1); False if it must go amqtt's way."""
+        """Send a PUBLISH to this connection's client now; False if it must go amqtt's way.
+
+        QoS 0 is dropped while the client is not taking what it was sent (``max_write_buffer``);
+        QoS 1 and 2 beyond the in-flight window wait in the session's bounded queue.
+        """
         session = self.session
-        if session is None or self.writer is None or qos > 1:
+        if session is None or self.writer is None:
             return False
+        limits = self.limits()
         if qos == 0:
-            self.outbox().send(encode_publish(topic_bytes, data, 0, None))
-        else:
-            try:
-                pid = session.next_packet_id
-            except AMQTTError:
-                log.warning("%s: 65535 messages in flight, dropping one on %s", session.client_id, topic)
+            outbox = self.outbox()
+            if outbox.backlog() > limits.max_write_buffer:
+                self.on_dropped_out(0)
                 return True
+            outbox.send(encode_publish(topic_bytes, data, 0, None))
+            self.count_out(len(data))
+        elif len(session.inflight_out) >= limits.max_inflight_messages or not session.retained_messages.empty():
+            self._queue_out(topic, data, qos, limits)
+        else:
+            self._send_in_flight(topic, topic_bytes, data, qos)
+        if qos:
+            self.count_out(len(data))
+        return True
+
+    async def mqtt_publish(
+        self, topic: str, data: bytes | bytearray, qos: int | None, retain: bool, ack_timeout: int | None = None
+    ) -> OutgoingApplicationMessage:
+        """amqtt's deliveries (its broadcast loop, commands, resends) through the same window.
+
+        A QoS 1/2 message to a connected client is sent or queued as ``deliver`` does and
+        this returns at once (amqtt's would wait for the acknowledgement). Retained
+        messages (RETAIN=1, a few per SUBSCRIBE) keep amqtt's way.
+        """
+        session = self.session
+        if qos and not retain and session is not None and self.writer is not None and ack_timeout is None:
+            payload = bytes(data)
+            limits = self.limits()
+            if len(session.inflight_out) >= limits.max_inflight_messages or not session.retained_messages.empty():
+                self._queue_out(topic, payload, qos, limits)
+            else:
+                self._send_in_flight(topic, topic.encode(), payload, qos)
+            return OutgoingApplicationMessage(None, topic, qos, payload, retain)
+        message: OutgoingApplicationMessage = await super().mqtt_publish(topic, data, qos, retain, ack_timeout)
+        return message
+
+    def _send_in_flight(self, topic: str, topic_bytes: bytes, data: bytes, qos: int) -> None:
+        """Send a QoS 1 or 2 message, in flight (``inflight_out``) until acknowledged."""
+        session = self.session
+        try:
+            pid = session.next_packet_id
+        except AMQTTError:
+            log.warning("%s: 65535 messages in flight, dropping one on %s", session.client_id, topic)
+            return
+        if qos == 1:
             session.inflight_out[pid] = SentOutgoing(pid, topic, qos, data, False)
             self.outbox().send(encode_publish(topic_bytes, data, 1, pid))
-        self.count_out(len(data))
-        return True
+        else:
+            # In flight now (the window counts it), sent by the QoS 2 flow (``QoS2Outgoing``).
+            message = OutgoingApplicationMessage(pid, topic, qos, data, False)
+            session.inflight_out[pid] = message
+            self.track_task(asyncio.ensure_future(self._handle_qos2_message_flow(message)))
+
+    def _queue_out(self, topic: str, data: bytes, qos: int, limits: BrokerLimits) -> None:
+        """Queue a message behind a full window (the session's queue: kept if the client goes)."""
+        queue = self.session.retained_messages
+        while queue.qsize() >= limits.max_queued_messages:
+            queue.get_nowait()
+            self.on_dropped_out(qos)
+        queue.put_nowait(RetainedApplicationMessage(None, topic, data, qos))
+
+    def pump(self) -> None:
+        """Send queued messages while the session's in-flight window has room, in queue order."""
+        self._pump_scheduled = False
+        session = self.session
+        if session is None or self.writer is None:
+            return
+        queue = session.retained_messages
+        window = self.limits().max_inflight_messages
+        while not queue.empty() and len(session.inflight_out) < window:
+            message = queue.get_nowait()
+            topic, data, qos = message.topic, bytes(message.data or b""), message.qos or 0
+            if qos:
+                self._send_in_flight(topic, topic.encode(), data, qos)
+            else:
+                self.outbox().send(encode_publish(topic.encode(), data, 0, None))
+            self.count_out(len(data))
+
+    def _pump_soon(self) -> None:
+        if not self._pump_scheduled and self.session is not None and not self.session.retained_messages.empty():
+            self._pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self.pump)
 
     # -- input ------------------------------------------------------------------------
 
@@ -271,10 +385,12 @@ class FastPathHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt shi
         if waiter is not None:
             if not waiter.done():
                 waiter.set_result(PubackPacket.build(pid))
-            return
-        session = self.session
-        if session is not None and isinstance(session.inflight_out.get(pid), SentOutgoing):
-            del session.inflight_out[pid]
+        else:
+            session = self.session
+            if session is not None and isinstance(session.inflight_out.get(pid), SentOutgoing):
+                del session.inflight_out[pid]
+        # After the waiter's flow has taken the message out of flight (scheduled first).
+        self._pump_soon()
 
     async def _amqtt_packet(self, guard: GuardedReader, fire: bool) -> None:
         """Decode one packet with amqtt and run its handler, in order."""
@@ -293,12 +409,14 @@ class FastPathHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt shi
             self.track_task(task)
         elif kind == PUBACK:
             await self.handle_puback(packet)
+            self._pump_soon()
         elif kind == PUBREC:
             await self.handle_pubrec(packet)
         elif kind == PUBREL:
             await self.handle_pubrel(packet)
         elif kind == PUBCOMP:
             await self.handle_pubcomp(packet)
+            self._pump_soon()
         elif kind == SUBSCRIBE:
             await self.handle_subscribe(packet)
         elif kind == UNSUBSCRIBE:

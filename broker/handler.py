@@ -20,6 +20,7 @@ from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import OUTGOING, ApplicationMessage, OutgoingApplicationMessage
 
 from broker.fastpath import FastPathHandler, SentOutgoing
+from broker.limits import BrokerLimits
 
 if TYPE_CHECKING:
     from broker.server import EdgeBroker
@@ -100,6 +101,16 @@ class EdgeProtocolHandler(FastPathHandler):
         client = self.session.client_id if self.session is not None else "?"
         self.edge_broker.ratelog.warning(
             "invalid-topic", "[MQTT-4.7.2-1] %s published on %r ($ topic): closing", client, topic
+        )
+
+    def limits(self) -> BrokerLimits:
+        return self.edge_broker.limits
+
+    def on_dropped_out(self, qos: int) -> None:
+        self.edge_broker.counters.dropped_out += 1
+        client = self.session.client_id if self.session is not None else "?"
+        self.edge_broker.ratelog.warning(
+            f"dropped-out:{client}", "%s is not keeping up: dropping QoS %d messages to it", client, qos
         )
 
     def count_out(self, n_bytes: int) -> None:

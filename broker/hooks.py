@@ -76,5 +76,7 @@ class BrokerCounters:
     """CONNECTs refused by the ``admission`` hook (CONNACK 0x05)."""
     wills_suppressed: int = 0
     """Wills not fired because the ``presence`` hook found them stale."""
+    dropped_out: int = 0
+    """Messages to connected clients dropped: QoS 0 to one not reading, or the oldest of a full queue."""
     messages_in_by_qos: list[int] = field(default_factory=lambda: [0, 0, 0])
     """PUBLISHes received from clients, by their QoS (0, 1, 2)."""

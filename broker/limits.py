@@ -34,7 +34,11 @@ class BrokerLimits:
     keepalive_factor: float = 1.5
     """A client silent for this many times its keep-alive is disconnected and its will published."""
     max_queued_messages: int = 1000
-    """QoS 1/2 messages kept for an offline persistent session; the oldest is dropped beyond."""
+    """QoS 1/2 messages queued per session (offline, or behind a full in-flight window); oldest dropped beyond."""
+    max_inflight_messages: int = 20
+    """Outgoing QoS 1/2 messages unacknowledged per client; further ones wait in its queue (Mosquitto: 20)."""
+    max_write_buffer: int = 1024 * 1024
+    """Bytes a client's socket has not taken yet above which QoS 0 messages to it are dropped."""
     max_topic_length: int = 65535
     """Longest topic name or filter, in bytes (the protocol's own ceiling by default)."""
     max_topic_levels: int = 128

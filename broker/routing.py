@@ -92,6 +92,20 @@ class RoutingBroker(Broker):  # type: ignore[misc]  # amqtt ships no type info
         self._filters_version = -1
         self._subscriptions: _SubscriptionTable = _SubscriptionTable(self._subscriptions)
 
+    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        """amqtt's, but a SUBSCRIBE to a filter the client already has replaces its QoS [MQTT-3.8.4-3].
+
+        ``Broker.add_subscription`` keeps the existing entry (and its old QoS) while the
+        SUBACK grants the new one (docs/amqtt-notes.md, entry 62).
+        """
+        granted = int(await super().add_subscription(subscription, session))
+        if granted != 0x80:
+            entries = self._subscriptions.get(subscription[0], [])
+            for i, (target, qos) in enumerate(entries):
+                if target.client_id == session.client_id and (qos != granted or target is not session):
+                    entries[i] = (session, granted)
+        return granted
+
     def track(self, task: asyncio.Task[Any]) -> None:
         """Hand a delivery task to amqtt's broadcast loop, which reaps it and logs failures."""
         self._tasks_queue.append(task)

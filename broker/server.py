@@ -73,6 +73,7 @@ from amqtt.session import ApplicationMessage, Session
 
 from broker.auth import bind_principal, principal_of
 from broker.errors import StoreError
+from broker.fastpath import FastPathHandler
 from broker.guard import GuardedReader, GuardStatistics
 from broker.handler import EdgeProtocolHandler, publishable
 from broker.hooks import BrokerCounters, PeerHook, PresenceHook, UplinkTap
@@ -501,6 +502,9 @@ class EdgeBroker(PersistentSessionsBroker):
         # (they are not retained messages [MQTT-3.3.1-9]) and waits for every ack before
         # the client's loop starts. Ours: in order, RETAIN 0, not waited for.
         handler = self._get_handler(session)
+        if isinstance(handler, FastPathHandler):
+            handler.pump()  # within the in-flight window; the rest as PUBACKs come
+            return
         queue = session.retained_messages
         while handler is not None and not queue.empty():
             message = queue.get_nowait()
