@@ -156,6 +156,9 @@ class SnapshotCollector(Collector):
             for qos, n in sorted(by_qos.items()):
                 qos_fam.add_metric([*values, str(qos)], float(n))
             found.append(qos_fam)
+        found.append(counter("edgemq_messages_dropped_out", "Messages a slow subscriber did not get: QoS 1/2 beyond "
+                             "its queue (max_queued_messages), QoS 0 over its write buffer (max_write_buffer).",
+                             snap.get("dropped_out")))
         found.append(counter("edgemq_uplink_refused_messages", "Uplink messages refused by the buffer "
                              "(not acknowledged to the device).", snap.get("uplink_refused")))
         found.append(counter("edgemq_buffer_append_failures", "Buffer appends that failed (store errors).",
