@@ -202,7 +202,7 @@ class FastPathHandler(QoS2Outgoing):
     def on_publish_refused(self, exc: BaseException) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def count_out(self, n_bytes: int) -> None:  # pragma: no cover - abstract
+    def count_out(self, n_bytes: int, qos: int) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def on_invalid_topic(self, topic: str) -> None:  # pragma: no cover - abstract
@@ -257,13 +257,11 @@ class FastPathHandler(QoS2Outgoing):
                 self.on_dropped_out(0)
                 return True
             outbox.send(encode_publish(topic_bytes, data, 0, None))
-            self.count_out(len(data))
+            self.count_out(len(data), 0)
         elif len(session.inflight_out) >= limits.max_inflight_messages or not session.retained_messages.empty():
-            self._queue_out(topic, data, qos, limits)
+            self._queue_out(topic, data, qos, limits)  # counted when it is sent (pump)
         else:
             self._send_in_flight(topic, topic_bytes, data, qos)
-        if qos:
-            self.count_out(len(data))
         return True
 
     async def mqtt_publish(
@@ -284,6 +282,7 @@ class FastPathHandler(QoS2Outgoing):
             else:
                 self._send_in_flight(topic, topic.encode(), payload, qos)
             return OutgoingApplicationMessage(None, topic, qos, payload, retain)
+        self.count_out(len(data), qos or 0)
         message: OutgoingApplicationMessage = await super().mqtt_publish(topic, data, qos, retain, ack_timeout)
         return message
 
@@ -303,6 +302,7 @@ class FastPathHandler(QoS2Outgoing):
             message = OutgoingApplicationMessage(pid, topic, qos, data, False)
             session.inflight_out[pid] = message
             self.track_task(asyncio.ensure_future(self._handle_qos2_message_flow(message)))
+        self.count_out(len(data), qos)
 
     def _queue_out(self, topic: str, data: bytes, qos: int, limits: BrokerLimits) -> None:
         """Queue a message behind a full window (the session's queue: kept if the client goes)."""
@@ -327,7 +327,7 @@ class FastPathHandler(QoS2Outgoing):
                 self._send_in_flight(topic, topic.encode(), data, qos)
             else:
                 self.outbox().send(encode_publish(topic.encode(), data, 0, None))
-            self.count_out(len(data))
+                self.count_out(len(data), 0)
 
     def _pump_soon(self) -> None:
         if not self._pump_scheduled and self.session is not None and not self.session.retained_messages.empty():

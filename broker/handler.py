@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from amqtt.contexts import Action
 from amqtt.mqtt.publish import PublishPacket
-from amqtt.session import OUTGOING, ApplicationMessage, OutgoingApplicationMessage
+from amqtt.session import OUTGOING, ApplicationMessage
 
 from broker.fastpath import FastPathHandler, SentOutgoing
 from broker.limits import BrokerLimits
@@ -113,9 +113,10 @@ class EdgeProtocolHandler(FastPathHandler):
             f"dropped-out:{client}", "%s is not keeping up: dropping QoS %d messages to it", client, qos
         )
 
-    def count_out(self, n_bytes: int) -> None:
+    def count_out(self, n_bytes: int, qos: int) -> None:
         counters = self.edge_broker.counters
         counters.messages_out += 1
+        counters.messages_out_by_qos[qos] += 1
         counters.bytes_out += n_bytes
 
     def track_task(self, task: asyncio.Task[Any]) -> None:
@@ -139,17 +140,6 @@ class EdgeProtocolHandler(FastPathHandler):
                     self.on_publish_refused(exc)
                     return
         await super().handle_publish(publish_packet)
-
-    async def mqtt_publish(
-        self,
-        topic: str,
-        data: bytes | bytearray,
-        qos: int | None,
-        retain: bool,
-        ack_timeout: int | None = None,
-    ) -> OutgoingApplicationMessage:
-        self.count_out(len(data))
-        return await super().mqtt_publish(topic, data, qos, retain, ack_timeout)
 
     async def _handle_qos1_message_flow(self, app_message: ApplicationMessage) -> None:
         # amqtt's outgoing flow waits 5 s for the PUBACK and then forgets the message, and

@@ -80,3 +80,5 @@ class BrokerCounters:
     """Messages to connected clients dropped: QoS 0 to one not reading, or the oldest of a full queue."""
     messages_in_by_qos: list[int] = field(default_factory=lambda: [0, 0, 0])
     """PUBLISHes received from clients, by their QoS (0, 1, 2)."""
+    messages_out_by_qos: list[int] = field(default_factory=lambda: [0, 0, 0])
+    """PUBLISHes sent to subscribers, by the QoS they were sent with."""

@@ -149,13 +149,14 @@ class SnapshotCollector(Collector):
             if snap.get(f"bytes_{direction}") is not None:
                 byts.add_metric([*values, direction], float(snap[f"bytes_{direction}"]))
         found += [msgs if msgs.samples else None, byts if byts.samples else None]
-        by_qos = snap.get("messages_in_by_qos")
-        if isinstance(by_qos, Mapping):
-            qos_fam = CounterMetricFamily("edgemq_messages_received_by_qos", "PUBLISH packets received from "
-                                          "clients, by the QoS they were published with.", labels=[*names, "qos"])
-            for qos, n in sorted(by_qos.items()):
-                qos_fam.add_metric([*values, str(qos)], float(n))
-            found.append(qos_fam)
+        qos_fam = CounterMetricFamily("edgemq_messages_by_qos", "PUBLISH packets received from clients (in) "
+                                      "and sent to subscribers (out), by QoS.", labels=[*names, "direction", "qos"])
+        for direction in ("in", "out"):
+            by_qos = snap.get(f"messages_{direction}_by_qos")
+            if isinstance(by_qos, Mapping):
+                for qos, n in sorted(by_qos.items()):
+                    qos_fam.add_metric([*values, direction, str(qos)], float(n))
+        found.append(qos_fam if qos_fam.samples else None)
         found.append(counter("edgemq_messages_dropped_out", "Messages a slow subscriber did not get: QoS 1/2 beyond "
                              "its queue (max_queued_messages), QoS 0 over its write buffer (max_write_buffer).",
                              snap.get("dropped_out")))

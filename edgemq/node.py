@@ -274,6 +274,7 @@ def _broker_snapshot(broker: EdgeBroker, name: str, address: str, started: float
         "messages_in": c.messages_in,
         "messages_in_by_qos": {str(q): n for q, n in enumerate(c.messages_in_by_qos)},
         "messages_out": c.messages_out,
+        "messages_out_by_qos": {str(q): n for q, n in enumerate(c.messages_out_by_qos)},
         "dropped_out": c.dropped_out,
         "bytes_in": c.bytes_in,
         "bytes_out": c.bytes_out,

@@ -116,3 +116,50 @@ def test_tap_sees_offers_in_client_order() -> None:
 
     seen = asyncio.run(main())
     assert seen == [str(i).encode() for i in range(300)]
+
+
+def test_messages_out_are_counted_once_each_by_qos() -> None:
+    """Every delivery is counted once, with the QoS it was sent with, also when it waited behind the window."""
+
+    async def main() -> tuple[int, list[int], int]:
+        port = free_port()
+        broker = EdgeBroker(amqtt_config("127.0.0.1", port))
+        await broker.start()
+        got: list[int] = []
+        done = threading.Event()
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"count-sub-{next(_ids)}")
+        subscribed = threading.Event()
+        sub.on_connect = lambda c, *a: c.subscribe([("count/q0", 0), ("count/q1", 1)])
+        sub.on_subscribe = lambda *a: subscribed.set()
+
+        def on_message(c: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
+            got.append(msg.qos)
+            if len(got) == 300:
+                done.set()
+
+        sub.on_message = on_message
+        try:
+            await asyncio.to_thread(sub.connect, "127.0.0.1", port, 30)
+            sub.loop_start()
+            assert await asyncio.to_thread(subscribed.wait, 10)
+            before = broker.counters.messages_out
+            pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"count-pub-{next(_ids)}")
+            await asyncio.to_thread(pub.connect, "127.0.0.1", port, 30)
+            pub.loop_start()
+            for i in range(100):  # 200 QoS 1 in a burst: more than the in-flight window of 20
+                pub.publish("count/q1", str(i).encode(), qos=1)
+                pub.publish("count/q1", str(i).encode(), qos=1)
+                pub.publish("count/q0", str(i).encode(), qos=0)
+            assert await asyncio.to_thread(done.wait, 20), len(got)
+            pub.loop_stop()
+            pub.disconnect()
+            return broker.counters.messages_out - before, list(broker.counters.messages_out_by_qos), len(got)
+        finally:
+            sub.loop_stop()
+            sub.disconnect()
+            await broker.shutdown()
+
+    out, by_qos, received = asyncio.run(main())
+    assert received == 300
+    assert out == 300, (out, by_qos)
+    assert by_qos[0] == 100 and by_qos[1] == 200, by_qos

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 EDGE: dict[str, Any] = {
     "component": "plant-1.a1", "pid": 1, "address": "127.0.0.1:18831", "started": 100.0, "ts": 160.0,
     "site": "plant-1", "broker": "a1", "clients": 5, "messages_in": 10, "messages_out": 4,
-    "messages_in_by_qos": {"0": 3, "1": 7, "2": 0}, "dropped_out": 5,
+    "messages_in_by_qos": {"0": 3, "1": 7, "2": 0}, "messages_out_by_qos": {"0": 1, "1": 3, "2": 0},
+    "dropped_out": 5,
     "bytes_in": 1000, "bytes_out": 400, "uplink_refused": 0, "append_failures": 0,
     "ownership": {"owned": 3, "foreign": 1, "unknown": 1},
     "uplink": {"state": "backoff", "connects": 2, "disconnects": 1, "forwarded": 7, "resent": 1, "inflight": 0,
@@ -53,7 +54,8 @@ def test_edge_snapshot_becomes_labelled_metrics() -> None:
     assert s[("edgemq_uplink_up", frozenset(who))] == 0
     assert s[("edgemq_devices_connected", frozenset({*who, ("ownership", "foreign")}))] == 1
     assert s[("edgemq_buffer_forwarded_messages_total", frozenset(who))] == 7
-    assert s[("edgemq_messages_received_by_qos_total", frozenset({*who, ("qos", "1")}))] == 7
+    assert s[("edgemq_messages_by_qos_total", frozenset({*who, ("direction", "in"), ("qos", "1")}))] == 7
+    assert s[("edgemq_messages_by_qos_total", frozenset({*who, ("direction", "out"), ("qos", "1")}))] == 3
     assert s[("edgemq_messages_dropped_out_total", frozenset(who))] == 5
     assert s[("edgemq_peer_messages_total", frozenset({*who, ("peer", "a2"), ("direction", "out")}))] == 6
     assert s[("edgemq_peer_message_bytes_total", frozenset({*who, ("peer", "a2"), ("direction", "in")}))] == 30
