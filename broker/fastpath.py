@@ -343,6 +343,10 @@ class FastPathHandler(QoS2Outgoing):
             return
         self._reader_ready.set()
         acks = self._acks = AckQueue(self.outbox(), self.on_publish_refused)
+        # QoS 0 appends to the buffer have no PUBACK to hold back, but the same pushback:
+        # at most MAX_PENDING_ACKS of this connection's appends wait for their commit before
+        # its reader waits (stops reading the socket), else they pile up in the store's memory.
+        pending_qos0: collections.deque[asyncio.Future[Any]] = collections.deque()
         events = self.plugins_manager._event_plugin_callbacks
         fire = MQTTEvents.PACKET_RECEIVED in events
         # A plugin that listens for messages gets them the way amqtt fires them.
@@ -365,6 +369,12 @@ class FastPathHandler(QoS2Outgoing):
                         acks.add(p.packet_id, waiting)
                         if len(acks) > MAX_PENDING_ACKS and (oldest := acks.oldest()) is not None:
                             await asyncio.wait([oldest])
+                    elif waiting is not None:
+                        pending_qos0.append(waiting)
+                        while pending_qos0 and pending_qos0[0].done():
+                            pending_qos0.popleft()
+                        if len(pending_qos0) > MAX_PENDING_ACKS:
+                            await asyncio.wait([pending_qos0[0]])
                 elif kind == PUBACK and not fire:
                     self._on_puback(packet_id(body))
                 else:
