@@ -64,24 +64,20 @@ class EdgeProtocolHandler(FastPathHandler):
             # MQTT 3.1.1 cannot refuse a PUBLISH: QoS 1 is still acknowledged, the message is
             # dropped (counted by the ACL plugin).
             return None
-        peers = broker.peers
-        if peers is not None:
-            origin = peers.origin(session.client_id)
-            if origin is not None:  # forwarded by a peer: local subscribers only (one hop, loop-free)
-                peers.received(origin, topic, payload, retain)
-                if route:
-                    await broker.route(session, topic, payload, qos)
-                    if retain:
-                        await broker.retain_message(session, topic, payload, qos)
-                return None
         waiting: asyncio.Future[Any] | None = None
-        tap = broker.tap
-        if tap is not None and tap.wants(topic):
-            counters.uplink_offered += 1
-            waiting = broker.offer(tap, topic, payload, qos, retain, session.client_id)
-        # Site-wide: hand it to the peers whose interest matches (never blocks: paho queues it).
-        if peers is not None and peers.wants(topic):
-            peers.forward(topic, payload, qos, retain)
+        peers = broker.peers
+        origin = peers.origin(session.client_id) if peers is not None else None
+        if peers is not None and origin is not None:
+            # Forwarded by a peer: local subscribers only (never tapped, never forwarded: one hop).
+            peers.received(origin, topic, payload, retain)
+        else:
+            tap = broker.tap
+            if tap is not None and tap.wants(topic):
+                counters.uplink_offered += 1
+                waiting = broker.offer(tap, topic, payload, qos, retain, session.client_id)
+            # Site-wide: hand it to the peers whose interest matches (never blocks: paho queues it).
+            if peers is not None and peers.wants(topic):
+                peers.forward(topic, payload, qos, retain)
         if route:
             await broker.route(session, topic, payload, qos)
             if retain:
