@@ -160,6 +160,7 @@ class AppendResult:
     seqs: tuple[int | None, ...]
     evicted: int = 0
     expired: int = 0
+    enqueued_at: float = 0.0  # the time stored with the batch's rows
     error: sqlite3.Error | None = None
 
     @property
@@ -359,16 +360,24 @@ class Buffer:
 
     # ------------------------------------------------------------------ append
 
-    def append_many(self, records: Sequence[Record], now: float) -> AppendResult:
-        """Append a batch in one transaction (the group commit); see the module doc."""
+    def append_many(self, records: Sequence[Record], now: float, acks: Iterable[int] = ()) -> AppendResult:
+        """Append a batch in one transaction (the group commit); see the module doc.
+
+        ``acks``: forwarded rows to delete in the same transaction (as :meth:`ack`), so a
+        busy buffer commits once per batch, not once for the acks and once for the rows.
+        If the transaction fails, they stay (and are forwarded again: at-least-once).
+        """
         self._check_open()
         n = len(records)
         if n == 0:
             return AppendResult(())
+        wanted = sorted(set(acks))
         try:
             self._check_free_disk(sum(r.size for r in records))
             self._reserve(n)
             with self._txn():
+                if wanted:
+                    self._ack_in_txn(wanted)
                 expired = self._expire_in_txn(now)
                 seqs, evicted = self._insert(records, now)
         except sqlite3.Error as exc:
@@ -378,7 +387,7 @@ class Buffer:
             with contextlib.suppress(sqlite3.Error), self._txn():
                 pass
             return AppendResult((None,) * n, error=exc)
-        return AppendResult(tuple(seqs), evicted=evicted, expired=expired)
+        return AppendResult(tuple(seqs), evicted=evicted, expired=expired, enqueued_at=self._last_enq)
 
     def _insert(self, records: Sequence[Record], now: float) -> tuple[list[int | None], int]:
         c = self._c
@@ -484,17 +493,20 @@ class Buffer:
         wanted = sorted(set(seqs))
         if not wanted:
             return 0
-        removed = 0
         with self._txn():
-            for i in range(0, len(wanted), _CHUNK):
-                chunk = wanted[i : i + _CHUNK]
-                marks = ",".join("?" * len(chunk))
-                cur = self._conn.execute(f"DELETE FROM messages WHERE seq IN ({marks}) RETURNING size", chunk)
-                for (size,) in cur.fetchall():
-                    removed += 1
-                    self._bytes -= int(size)
-            self._depth -= removed
-            self._c["forwarded"] += removed
+            return self._ack_in_txn(wanted)
+
+    def _ack_in_txn(self, wanted: Sequence[int]) -> int:
+        removed = 0
+        for i in range(0, len(wanted), _CHUNK):
+            chunk = wanted[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            cur = self._conn.execute(f"DELETE FROM messages WHERE seq IN ({marks}) RETURNING size", chunk)
+            for (size,) in cur.fetchall():
+                removed += 1
+                self._bytes -= int(size)
+        self._depth -= removed
+        self._c["forwarded"] += removed
         return removed
 
     def note_uplink(self, sent_high: int, resent: int) -> None:

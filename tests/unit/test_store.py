@@ -80,6 +80,7 @@ def test_read_ack_in_order_through_the_queue(tmp_path: Path) -> None:
         s.ack([got[2].seq, got[0].seq])  # out of order
         s.ack([got[0].seq])  # again: no double count
         assert [m.seq for m in await s.read(0, 10)] == [seqs[1], *seqs[3:]]
+        await s.settled()  # acks are committed within ack_delay_s; the barrier waits for them
         st = s.statistics()
         assert st.forwarded == 2 and st.depth_messages == 4
         assert st.accepted == st.forwarded + sum(st.dropped.values()) + st.depth_messages
@@ -98,7 +99,7 @@ def test_wait_for_data_wakes_on_commit_and_times_out(tmp_path: Path) -> None:
         assert await s.wait_for_data(seq - 1, timeout=0) is True
         assert await s.wait_for_data(seq, timeout=0.01) is False
         s.ack([seq])
-        await s.read(0, 1)  # barrier: the ack is applied
+        await s.settled()  # barrier: the ack is applied
         assert await s.wait_for_data(0, timeout=0.01) is False  # nothing buffered any more
 
     with_store(tmp_path / "b.db", body)
@@ -248,7 +249,8 @@ def test_acks_gathered_in_a_turn_are_seen_by_the_next_read(tmp_path: Path) -> No
         s.ack([seqs[3]])
         s.ack([seqs[0]])  # out of order; neither handed over yet when read() is called
         got = await s.read(0, 10)
-        assert [m.seq for m in got] == [seqs[1], seqs[2], seqs[4]]
+        assert [m.seq for m in got] == [seqs[1], seqs[2], seqs[4]]  # from memory, acks already out
+        await s.settled()
         assert s.statistics().forwarded == 2
 
     with_store(tmp_path / "b.db", body)

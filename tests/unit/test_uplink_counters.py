@@ -25,7 +25,7 @@ def test_uplink_counters_survive_reopen(tmp_path: Path) -> None:
             s.note_uplink(5, 2)
             await s.read(0, 10)  # no ack yet: nothing written for the note alone
             s.ack([1, 2])
-            await s.read(0, 10)  # the ack's transaction carries the note
+            await s.settled()  # the ack's transaction carries the note
             assert s.uplink_counters() == (5, 2)
 
     asyncio.run(first())
