@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import platform
 import shutil
@@ -260,14 +261,18 @@ class EdgemqTopology(Topology):
         self.stats_file = self.work / "run" / "stats" / "plant-1.a1.json"
 
     def _edgemq(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        # The same per-client limits as the Mosquitto brokers of the comparison (MOSQ_COMMON):
+        # with the defaults (a queue of 1,000) a QoS 1 subscriber that falls behind loses the
+        # oldest messages, counted as dropped_out, and the figures would compare unlike setups.
+        limits = json.dumps({"max_queued_messages": MOSQ_QUEUE, "max_inflight_messages": 100})
         return spawn([sys.executable, "-m", "edgemq", "broker", *args, "--config", str(self.config),
                       "--log-level", self.log_level], log=self.work / f"{name}.log",
-                     env={"PYTHONUNBUFFERED": "1"})
+                     env={"PYTHONUNBUFFERED": "1", "EDGEMQ_BROKER_LIMITS": limits})
 
     def start_cloud(self) -> None:
         if self.cloud_kind == "mosquitto":
             conf = self.work / "cloud.conf"
-            conf.write_text(f"listener {self.cloud_port} {HOST}\n" + MOSQ_COMMON.format(queue=2_000_000))
+            conf.write_text(f"listener {self.cloud_port} {HOST}\n" + MOSQ_COMMON.format(queue=MOSQ_QUEUE))
             exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
             self.cloud = spawn([exe, "-c", str(conf)], log=self.work / "cloud.log")
             if not wait_port(self.cloud_port):
@@ -289,6 +294,7 @@ class EdgemqTopology(Topology):
         return {}
 
 
+MOSQ_QUEUE = 2_000_000
 MOSQ_COMMON = (
     "allow_anonymous true\npersistence false\nsys_interval 1\nmax_queued_messages {queue}\nmax_inflight_messages 100\n"
 )

@@ -84,6 +84,7 @@ class _Batch:
     futures: list[asyncio.Future[int]]
     acks: list[int]
     uplink: tuple[int, int] | None = None  # the link's (sent_high, resent), to persist
+    urgent: bool = False  # a publisher waits on a full in-flight window: commit without waiting
 
 
 @dataclass(slots=True)
@@ -156,6 +157,8 @@ class Store:
         self._acks: list[int] = []
         self._uplink: tuple[int, int] | None = None
         self._flush_scheduled = False
+        self._urgent = False
+        self._wake = threading.Event()  # cuts the writer's window short (``hurry``)
         #: Where a corrupt file found at open was moved to, if one was.
         self.recovered_from: Path | None = None
 
@@ -311,11 +314,26 @@ class Store:
         if self._ack_timer is not None:
             self._ack_timer.cancel()
             self._ack_timer = None
-        if not (self._records or self._acks):
+        if not (self._records or self._acks or self._urgent):
             return  # an uplink note waits for the next batch: it never needs a commit of its own
-        batch = _Batch(self._records, self._futures, self._acks, self._uplink)
+        batch = _Batch(self._records, self._futures, self._acks, self._uplink, self._urgent)
         self._records, self._futures, self._acks, self._uplink = [], [], [], None
         self._queue.put(batch)
+        if self._urgent:
+            self._urgent = False
+            self._wake.set()
+
+    def hurry(self) -> None:
+        """A publisher has a full in-flight window of appends waiting: commit them now.
+
+        Without it a client that sends its window (e.g. 20) and then waits for PUBACKs would
+        wait out ``commit_interval_s`` each time, however short its burst.
+        """
+        loop = self._check_usable()
+        self._urgent = True
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
 
     def note_uplink(self, sent_high: int, resent: int) -> None:
         """The uplink's highest seq sent and re-send count; persisted with the next ack or append."""
@@ -468,11 +486,13 @@ class Store:
         """Collect appends and acks for one group commit; return an op that ends the group."""
         deadline = time.monotonic() + self.commit_interval_s
         op: _Op = first
+        urgent = False
         while True:
             if isinstance(op, _Batch):
                 records.extend(op.records)
                 futures.extend(op.futures)
                 acks.extend(op.acks)
+                urgent = urgent or op.urgent
                 if op.uplink is not None:
                     buf.note_uplink(*op.uplink)
             else:
@@ -484,7 +504,7 @@ class Store:
                 continue
             except queue.Empty:
                 pass
-            if len(records) >= self.early_commit:
+            if urgent or len(records) >= self.early_commit:
                 # Enough to be worth a commit and nothing more waiting: a publisher with a full
                 # in-flight window (commonly 20) is waiting for these PUBACKs, not sending more.
                 return None
@@ -493,8 +513,9 @@ class Store:
                 return None
             # Sleep out the window rather than wait on the queue: what the loop hands over
             # meanwhile is then a plain put, not a wake-up of this thread (a futex call each,
-            # one per message at low rates).
-            time.sleep(remaining)
+            # one per message at low rates). Only ``hurry`` wakes it early.
+            self._wake.wait(remaining)
+            self._wake.clear()
             try:
                 op = self._queue.get_nowait()
             except queue.Empty:

@@ -38,6 +38,12 @@ class BufferTap:
     def wants(self, topic: str) -> bool:
         return self.uplink_map.rule_for_local(topic) is not None
 
+    def hurry(self) -> None:
+        """A client waits on a full window of PUBACKs: ask the store to commit at once."""
+        hurry = getattr(self.store, "hurry", None)
+        if hurry is not None:
+            hurry()
+
     def offer_nowait(
         self, topic: str, payload: bytes, qos: int, retain: bool, client_id: str
     ) -> asyncio.Future[Any] | None:

@@ -84,6 +84,12 @@ class EdgeProtocolHandler(FastPathHandler):
                 await broker.retain_message(session, topic, payload, qos)
         return waiting
 
+    def on_window_full(self) -> None:
+        """The client's in-flight window is full of PUBLISHes waiting for the buffer: hurry it."""
+        hurry = getattr(self.edge_broker.tap, "hurry", None)
+        if hurry is not None:
+            hurry()
+
     def on_publish_refused(self, exc: BaseException) -> None:
         """The buffer refused a message: no PUBACK for it; close the connection (the device resends)."""
         counters = self.edge_broker.counters

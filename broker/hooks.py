@@ -29,6 +29,9 @@ class UplinkTap(Protocol):
         call order, and return a future that completes (or fails) as ``offer`` would
         return (or raise), or None if there is nothing to wait for. The broker's fast path
         then needs no task per message (``EdgeBroker.offer``).
+
+        A tap may also offer ``hurry()``: a client has a full in-flight window (20) of
+        PUBLISHes waiting for their commit, so the tap should not wait for more.
         """
 
 

@@ -151,3 +151,18 @@ def test_a_full_window_of_appends_commits_without_waiting_out_the_interval(tmp_p
                 await asyncio.gather(*(s.append(Record(f"t/{r}/{i}", b"x")) for i in range(20)))
 
     asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_hurry_commits_a_small_group_without_waiting_out_the_interval(tmp_path: Path) -> None:
+    """The broker calls ``hurry`` when a client's window is full: the group commits at once."""
+
+    async def main() -> None:
+        async with Store.open(tmp_path / "b.db", max_messages=BIG, max_bytes=BIG, commit_interval_s=1.0) as s:
+            # 30 rounds of 5 appends: within the 20 s timeout only if hurry cuts each 1 s window.
+            for r in range(30):
+                appends = [s.submit(Record(f"t/{r}/{i}", b"x")) for i in range(5)]
+                s.hurry()
+                await asyncio.gather(*appends)
+            assert s.statistics().accepted == 150
+
+    asyncio.run(asyncio.wait_for(main(), 20))
