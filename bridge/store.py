@@ -5,7 +5,7 @@ How it works
 As in Datasette, a single thread owns the one SQLite connection and takes work
 from a queue, so the asyncio event loop never blocks on SQLite. Appends are
 gathered for ``commit_interval_s`` after the first one arrives (or until
-``max_batch`` records, or see ``early_commit`` below) and committed as one transaction (group commit); each
+``max_batch`` records, or see ``hurry`` below) and committed as one transaction (group commit); each
 ``await store.append(rec)`` resolves only after the transaction holding its
 record has committed. Acks are queued and applied in order, before the appends
 gathered with them. Reads go through the same queue, so a read sees every ack
@@ -19,9 +19,10 @@ commit and wakes ``wait_for_data`` waiters with one ``call_soon_threadsafe``.
 Each append keeps its own future: awaiting a shared batch future would let one
 cancelled caller cancel the others' (asyncio cancels the awaited future).
 
-A group ends early once it holds ``early_commit`` records (20) and nothing more is
-queued: a publisher with a full in-flight window is waiting for those PUBACKs, and
-waiting out the window would only cap its rate. While the window runs the writer
+A group ends early when the broker calls ``hurry``: a publisher has a full in-flight
+window of appends waiting for their PUBACKs, and waiting out the window would only
+cap its rate. (Ending a group whenever the queue is momentarily empty was tried: it
+halved QoS 0 ingest, whose groups then got small.) While the window runs the writer
 sleeps instead of waiting on the queue, so an append handed over meanwhile does not
 wake it (one futex call per message at low rates, measured).
 
@@ -120,12 +121,11 @@ class Store:
         expire_interval_s: float = 2.0,
         min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
         ack_delay_s: float = 0.05,
-        early_commit: int = 20,
     ) -> None:
         if commit_interval_s < 0 or max_batch < 1:
             raise ValueError("commit_interval_s must be >= 0 and max_batch >= 1")
-        if ack_delay_s < 0 or early_commit < 1:
-            raise ValueError("ack_delay_s must be >= 0 and early_commit >= 1")
+        if ack_delay_s < 0:
+            raise ValueError("ack_delay_s must be >= 0")
         if expire_interval_s <= 0:
             raise ValueError("expire_interval_s must be > 0")
         self.path = str(path)
@@ -139,7 +139,6 @@ class Store:
         self.commit_interval_s = commit_interval_s
         self.max_batch = max_batch
         self.ack_delay_s = ack_delay_s
-        self.early_commit = early_commit
         self._tail: LiveTail | None = None  # created with the first statistics, on the loop
         self._ack_timer: asyncio.TimerHandle | None = None
         self.expire_interval_s = expire_interval_s
@@ -177,7 +176,6 @@ class Store:
         expire_interval_s: float = 2.0,
         min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
         ack_delay_s: float = 0.05,
-        early_commit: int = 20,
     ) -> Store:
         """A store to enter with ``async with``; the file is opened on entry."""
         return cls(
@@ -192,7 +190,6 @@ class Store:
             expire_interval_s=expire_interval_s,
             min_free_bytes=min_free_bytes,
             ack_delay_s=ack_delay_s,
-            early_commit=early_commit,
         )
 
     # --------------------------------------------------------------- lifecycle
@@ -504,9 +501,9 @@ class Store:
                 continue
             except queue.Empty:
                 pass
-            if urgent or len(records) >= self.early_commit:
-                # Enough to be worth a commit and nothing more waiting: a publisher with a full
-                # in-flight window (commonly 20) is waiting for these PUBACKs, not sending more.
+            if urgent:
+                # A publisher with a full in-flight window waits for these PUBACKs: it sends
+                # nothing more until the commit, so waiting out the window would only cap it.
                 return None
             remaining = deadline - time.monotonic()
             if remaining <= 0:

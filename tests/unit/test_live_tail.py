@@ -138,21 +138,6 @@ def test_acks_alone_are_committed_after_the_delay_and_ride_with_appends(tmp_path
     asyncio.run(asyncio.wait_for(main(), 20))
 
 
-def test_a_full_window_of_appends_commits_without_waiting_out_the_interval(tmp_path: Path) -> None:
-    """20 appends in one turn (a publisher's whole in-flight window) are committed at once."""
-
-    async def main() -> None:
-        async with Store.open(
-            tmp_path / "b.db", max_messages=BIG, max_bytes=BIG, commit_interval_s=1.0, early_commit=20
-        ) as s:
-            # Within the test's 20 s timeout only if the early commit works: otherwise each of
-            # the 30 rounds waits out the 1 s window.
-            for r in range(30):
-                await asyncio.gather(*(s.append(Record(f"t/{r}/{i}", b"x")) for i in range(20)))
-
-    asyncio.run(asyncio.wait_for(main(), 20))
-
-
 def test_hurry_commits_a_small_group_without_waiting_out_the_interval(tmp_path: Path) -> None:
     """The broker calls ``hurry`` when a client's window is full: the group commits at once."""
 
