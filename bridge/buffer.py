@@ -64,8 +64,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-import sqlite_utils
-
+from bridge.buffer_file import (
+    COUNTERS,
+    DROP_REASONS,
+    SQLITE_FULL,
+    SYNCHRONOUS,
+    Durability,
+    Unusable,
+    connect,
+    move_aside,
+)
 from broker.errors import StoreError
 
 __all__ = [
@@ -79,37 +87,14 @@ __all__ = [
     "Stored",
 ]
 
-Durability = Literal["fsync", "os", "relaxed"]
 Overflow = Literal["drop_oldest", "reject_new"]
 
-#: Why a record left the buffer without being forwarded.
-#: ``external``: rows found missing at open (deleted by hand); counted so the books balance.
-DROP_REASONS: tuple[str, ...] = ("overflow", "expired", "rejected", "error", "external")
 
-SCHEMA_VERSION = 1
 #: Free disk kept back from appends so that acks and checkpoints can always run.
 DEFAULT_MIN_FREE_BYTES = 4 * 1024 * 1024
-_WAL_AUTOCHECKPOINT_PAGES = 256
 #: How many seqs one fsynced reservation covers; the largest gap a crash can leave.
 SEQ_BLOCK = 10_000
 
-_SYNCHRONOUS: dict[str, str] = {"fsync": "FULL", "os": "NORMAL", "relaxed": "OFF"}
-_COUNTERS: tuple[str, ...] = (
-    "accepted",
-    "forwarded",
-    *(f"dropped_{r}" for r in DROP_REASONS),
-    "peak_depth_messages",
-    "peak_depth_bytes",
-    "last_seq",
-    "seq_reserved",
-    # The uplink's, kept here so a restart (even after kill -9) knows what it re-sends:
-    # the highest seq ever handed to a cloud connection, and how many were sent again.
-    "uplink_sent_high",
-    "uplink_resent",
-)
-_SQLITE_CORRUPT = 11
-_SQLITE_FULL = 13
-_SQLITE_NOTADB = 26
 _CHUNK = 500  # ids per IN (...) list, well under SQLite's variable limit
 
 
@@ -195,10 +180,6 @@ class BufferStats:
     uplink_resent: int = 0
 
 
-class _Unusable(Exception):
-    """The file is not a usable buffer (corrupt, not SQLite, or someone else's schema)."""
-
-
 class Buffer:
     """The synchronous write-ahead log. Create with :meth:`Buffer.open`."""
 
@@ -259,8 +240,8 @@ class Buffer:
             raise ValueError("max_messages and max_bytes must be at least 1")
         if ttl_s is not None and ttl_s < 0:
             raise ValueError("ttl_s must be >= 0 or None")
-        if durability not in _SYNCHRONOUS:
-            raise ValueError(f"durability must be one of {sorted(_SYNCHRONOUS)}")
+        if durability not in SYNCHRONOUS:
+            raise ValueError(f"durability must be one of {sorted(SYNCHRONOUS)}")
         if min_free_bytes < 0:
             raise ValueError("min_free_bytes must be >= 0")
         target = str(path)
@@ -268,10 +249,10 @@ class Buffer:
         if target != ":memory:":
             Path(target).parent.mkdir(parents=True, exist_ok=True)
         try:
-            conn = _connect(target, durability)
-        except _Unusable:
-            recovered = _move_aside(Path(target))
-            conn = _connect(target, durability)
+            conn = connect(target, durability)
+        except Unusable:
+            recovered = move_aside(Path(target))
+            conn = connect(target, durability)
         return cls(
             conn,
             target,
@@ -286,7 +267,7 @@ class Buffer:
     def _load(self) -> None:
         conn = self._conn
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        self._c = {k: int(meta.get(k, 0)) for k in _COUNTERS}
+        self._c = {k: int(meta.get(k, 0)) for k in COUNTERS}
         self._written = {k: int(v) for k, v in meta.items() if k in self._c}
         depth, size = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM messages").fetchone()
         tail = conn.execute("SELECT seq, enqueued_at FROM messages ORDER BY seq DESC LIMIT 1").fetchone()
@@ -338,7 +319,7 @@ class Buffer:
     @contextlib.contextmanager
     def _durable(self) -> Iterator[None]:
         """Run the enclosed transaction with a full fsync whatever the mode."""
-        mode = _SYNCHRONOUS[self.durability]
+        mode = SYNCHRONOUS[self.durability]
         if mode != "FULL":
             self._conn.execute("PRAGMA synchronous = FULL")
         try:
@@ -454,7 +435,7 @@ class Buffer:
                 f"database or disk is full: {free} bytes free on the buffer's filesystem,"
                 f" {self.min_free_bytes} kept in reserve for acks"
             )
-            exc.sqlite_errorcode = _SQLITE_FULL
+            exc.sqlite_errorcode = SQLITE_FULL
             exc.sqlite_errorname = "SQLITE_FULL"
             raise exc
 
@@ -608,83 +589,3 @@ class Buffer:
             pass  # the next open resumes above the old ceiling: a gap, never a reuse
         finally:
             self._conn.close()
-
-
-# ------------------------------------------------------------------ file level
-
-
-def _connect(target: str, durability: Durability) -> sqlite3.Connection:
-    """Connect, set pragmas, check integrity and create/verify the schema."""
-    conn = sqlite3.connect(target, isolation_level=None)
-    try:
-        conn.execute("PRAGMA busy_timeout = 5000")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[durability]}")
-        conn.execute("PRAGMA journal_size_limit = 67108864")
-        conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_AUTOCHECKPOINT_PAGES}")
-        check = conn.execute("PRAGMA quick_check").fetchall()
-        if check != [("ok",)]:
-            raise _Unusable(f"quick_check: {check[:3]}")
-        _ensure_schema(conn)
-    except sqlite3.DatabaseError as exc:
-        conn.close()
-        if (exc.sqlite_errorcode & 0xFF) in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
-            raise _Unusable(str(exc)) from exc
-        raise
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _ensure_schema(conn: sqlite3.Connection) -> None:
-    db = sqlite_utils.Database(conn)
-    tables = set(db.table_names())
-    ours = {"messages", "meta"}
-    if tables and not ours <= tables:
-        raise _Unusable(f"not an edgemq buffer (tables: {sorted(tables)})")
-    if not tables:
-        db.table("messages").create(
-            {
-                "seq": int,
-                "topic": str,
-                "payload": bytes,
-                "qos": int,
-                "retain": int,
-                "device": str,
-                "enqueued_at": float,
-                "size": int,
-            },
-            pk="seq",
-            not_null=["topic", "payload", "qos", "retain", "device", "enqueued_at", "size"],
-            strict=True,
-        )
-        db.table("meta").create({"key": str, "value": int}, pk="key", not_null=["value"], strict=True)
-    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if row is not None and int(row[0]) > SCHEMA_VERSION:
-        raise StoreError(
-            f"buffer schema {row[0]} is newer than this edgemq ({SCHEMA_VERSION})",
-            hint="run a newer edgemq or point it at another file",
-            path=conn.execute("PRAGMA database_list").fetchone()[2],
-        )
-    # Idempotent: also repairs a crash between CREATE TABLE and this insert.
-    conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(
-        "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
-        [("schema_version", SCHEMA_VERSION), *((k, 0) for k in _COUNTERS)],
-    )
-    conn.execute("COMMIT")
-
-
-def _move_aside(path: Path) -> Path:
-    """Rename a bad file (and its -wal/-shm) to ``<name>.corrupt-<n>``; return the new path."""
-    n = 1
-    while path.with_name(f"{path.name}.corrupt-{n}").exists():
-        n += 1
-    dest = path.with_name(f"{path.name}.corrupt-{n}")
-    path.rename(dest)
-    for suffix in ("-wal", "-shm"):
-        side = path.with_name(path.name + suffix)
-        if side.exists():
-            side.rename(dest.with_name(dest.name + suffix))
-    return dest

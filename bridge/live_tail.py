@@ -30,8 +30,8 @@ from bridge.buffer import BufferStats, Stored
 
 __all__ = ["LiveTail", "deletions"]
 
-MAX_ROWS = 20_000
-MAX_BYTES = 16 * 1024 * 1024
+MAX_ROWS = 5_000  # ~ a few read batches of the uplink (in-flight 1,000)
+MAX_BYTES = 4 * 1024 * 1024
 
 
 def deletions(stats: BufferStats) -> int:
