@@ -108,4 +108,4 @@ def test_incoming_qos2_once_bounded_and_completed(path: str) -> None:
     assert broker.counters.dropped_in == 2
     assert broker.counters.messages_in_by_qos[2] == LIMIT
     if path == "amqtt":
-        assert SEEN == expected, "a listening plugin is told of each accepted message once"
+        assert expected == SEEN, "a listening plugin is told of each accepted message once"
