@@ -23,10 +23,14 @@ connections read through ``broker.guard.GuardedReader``:
   has more than ``max_write_buffer`` bytes its socket has not taken: a subscriber that
   does not read costs at most the window, the queue and that buffer, and never slows
   anyone else;
-* every other packet (SUBSCRIBE, PINGREQ, DISCONNECT, QoS 2 flows) is handed back to
-  amqtt's decoder and handlers, awaited in order (QoS 2 PUBLISH runs in a task, as in
-  amqtt, because its flow waits for the client's PUBREL). So does every PUBLISH while an
-  amqtt plugin listens for packet or message events, which the fast path does not fire.
+* a QoS 2 PUBLISH is accepted the same way, by the spec's Method B (``broker.qos2_in``,
+  docs/amqtt-notes.md entry 80): passed on at once, only its packet identifier kept until
+  PUBREL, at most ``max_awaiting_rel`` per session (beyond: PUBREC, dropped, counted); its
+  PUBREC and the PUBCOMP of each PUBREL go through the same ``AckQueue``;
+* every other packet (SUBSCRIBE, PINGREQ, DISCONNECT, outgoing QoS 2 acknowledgements) is
+  handed back to amqtt's decoder and handlers, awaited in order. So does every PUBLISH
+  while an amqtt plugin listens for packet or message events, which the fast path does
+  not fire (amqtt's PUBLISH runs in a task; for QoS 2 ``broker.handler`` applies Method B).
 
 What it does not do: routing rules, access control, the buffer and counters are
 ``broker.server``'s; framing and protocol checks are ``broker.guard``'s. Connections

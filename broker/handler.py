@@ -6,7 +6,8 @@ message is accepted — counted, access-checked once, offered to the uplink tap 
 PUBACK waits for the buffer commit), forwarded to the site peers that want it, and
 routed to local subscribers. A PUBLISH from a peer link is delivered locally only (one
 hop). It also keeps unacknowledged outgoing QoS 1 messages in flight until acknowledged
-or redelivered on reconnect (amqtt-notes entry 12).
+or redelivered on reconnect (amqtt-notes entry 12), and takes incoming QoS 2 by the
+spec's Method B on amqtt's read path too (entries 80, 81).
 """
 
 from __future__ import annotations
