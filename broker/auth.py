@@ -15,7 +15,9 @@
 3. Neither: accepted only if ``allow_anonymous``, with ``anonymous_role``.
 
 A TLS connection without a verified certificate is refused when
-``require_client_cert``. A principal bound to another site is refused. A client id
+``require_client_cert``. With ``peer_role`` (set when ``security.generate`` gives the peer
+links their own users), a ``peer-`` client id is refused to any other role: such ids get
+peer treatment (``broker.membership``). A principal bound to another site is refused. A client id
 last used by another principal is refused (it would take over that principal's
 connection, subscriptions and queued messages); the binding lasts for the
 process's lifetime.
@@ -42,6 +44,7 @@ from broker.access import AccessPolicy, Principal
 from broker.config import RoleConfig
 from broker.credentials import CredentialStore, User, verify_hash
 from broker.errors import ConfigError
+from broker.membership import PEER_PREFIX
 from broker.ratelog import RateLimitedLog
 from broker.tls import current_connection
 
@@ -85,6 +88,8 @@ class EdgeAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no ty
         require_client_cert: bool = False
         site: str | None = None
         roles: dict[str, Any] = field(default_factory=dict)
+        peer_role: str | None = None
+        """If set, a ``peer-`` client id (the site's peer links) is accepted only from this role."""
 
     def __init__(self, context: Any) -> None:
         super().__init__(context)
@@ -124,6 +129,24 @@ class EdgeAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no ty
         if principal is None:
             self._ratelog.log(
                 logging.INFO, f"refused:{who}", "refused client %s (user %s): %s", session.client_id, who, reason
+            )
+            return False
+        if (
+            self.cfg.peer_role is not None
+            and (session.client_id or "").startswith(PEER_PREFIX)
+            and principal.role != self.cfg.peer_role
+        ):
+            # A peer link's messages get peer treatment (local delivery only, membership
+            # hellos): the id is reserved for principals of the peer role.
+            self._ratelog.log(
+                logging.INFO,
+                f"refused:{who}",
+                "refused client %s (user %s, role %s): %s* client ids are for the site's peer links (role %s)",
+                session.client_id,
+                who,
+                principal.role,
+                PEER_PREFIX,
+                self.cfg.peer_role,
             )
             return False
         owner = self._owners.get(session.client_id)

@@ -360,8 +360,21 @@ class LimitsConfig(_Model):
         description="QoS 1/2 messages queued per session (offline, or behind a full in-flight window); "
         "the oldest is dropped beyond.",
     )
+    max_queued_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=0,
+        description="Payload bytes queued per session (the queue of max_queued_messages); the oldest is dropped "
+        "beyond; 0: no byte bound (Mosquitto's default).",
+    )
     max_inflight_messages: int = Field(
         20, gt=0, description="Outgoing QoS 1/2 messages unacknowledged per client; further ones wait in its queue."
+    )
+    max_awaiting_rel: int = Field(
+        20,
+        gt=0,
+        le=65535,
+        description="Incoming QoS 2 messages per session awaiting the client's PUBREL (Mosquitto: "
+        "max_inflight_messages, 20); beyond, a new one is answered PUBREC and dropped (counted in dropped_in).",
     )
     max_write_buffer: int = Field(
         1024 * 1024,

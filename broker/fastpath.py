@@ -23,10 +23,14 @@ connections read through ``broker.guard.GuardedReader``:
   has more than ``max_write_buffer`` bytes its socket has not taken: a subscriber that
   does not read costs at most the window, the queue and that buffer, and never slows
   anyone else;
-* every other packet (SUBSCRIBE, PINGREQ, DISCONNECT, QoS 2 flows) is handed back to
-  amqtt's decoder and handlers, awaited in order (QoS 2 PUBLISH runs in a task, as in
-  amqtt, because its flow waits for the client's PUBREL). So does every PUBLISH while an
-  amqtt plugin listens for packet or message events, which the fast path does not fire.
+* a QoS 2 PUBLISH is accepted the same way, by the spec's Method B (``broker.qos2_in``,
+  docs/amqtt-notes.md entry 80): passed on at once, only its packet identifier kept until
+  PUBREL, at most ``max_awaiting_rel`` per session (beyond: PUBREC, dropped, counted); its
+  PUBREC and the PUBCOMP of each PUBREL go through the same ``AckQueue``;
+* every other packet (SUBSCRIBE, PINGREQ, DISCONNECT, outgoing QoS 2 acknowledgements) is
+  handed back to amqtt's decoder and handlers, awaited in order. So does every PUBLISH
+  while an amqtt plugin listens for packet or message events, which the fast path does
+  not fire (amqtt's PUBLISH runs in a task; for QoS 2 ``broker.handler`` applies Method B).
 
 What it does not do: routing rules, access control, the buffer and counters are
 ``broker.server``'s; framing and protocol checks are ``broker.guard``'s. Connections
@@ -53,8 +57,10 @@ from amqtt.session import OutgoingApplicationMessage
 from broker.guard import GuardedReader
 from broker.limits import BrokerLimits
 from broker.mqtt_rules import DISCONNECT, PINGREQ, PUBACK, PUBCOMP, PUBREC, PUBREL, SUBSCRIBE, UNSUBSCRIBE
+from broker.qos2_in import Verdict, awaiting_release
 from broker.qos2_out import QoS2Outgoing
-from broker.wire import decode_publish, encode_puback, encode_publish, packet_id
+from broker.session_queue import make_room
+from broker.wire import decode_publish, encode_puback, encode_pubcomp, encode_publish, encode_pubrec, packet_id
 
 __all__ = ["AckQueue", "FastPathHandler", "Outbox", "SentOutgoing"]
 
@@ -127,17 +133,19 @@ class Outbox:
 
 
 class AckQueue:
-    """PUBACKs in PUBLISH order, each released once what it waits for (a buffer commit) is done.
+    """PUBACKs (and PUBRECs, PUBCOMPs) in packet order, each released once what it waits for is done.
 
-    ``add(packet_id, waiting)``: ``waiting`` is ``None`` (acknowledge now) or a future; a
-    future that fails stops all further PUBACKs of the connection and calls ``on_error``
-    (the broker closes the connection: the device resends what was not acknowledged).
+    ``add(packet_id, waiting)`` queues a PUBACK, ``add_ack(packet, waiting)`` any encoded
+    acknowledgement: ``waiting`` is ``None`` (acknowledge now) or a future (a buffer
+    commit); a future that fails stops all further acknowledgements of the connection and
+    calls ``on_error`` (the broker closes the connection: the device resends what was not
+    acknowledged).
     """
 
     def __init__(self, outbox: Outbox, on_error: Callable[[BaseException], None]) -> None:
         self._outbox = outbox
         self._on_error = on_error
-        self._queue: collections.deque[tuple[int, asyncio.Future[Any] | None]] = collections.deque()
+        self._queue: collections.deque[tuple[bytes, asyncio.Future[Any] | None]] = collections.deque()
         self._scheduled = False
         self._failed = False
         self._loop = asyncio.get_running_loop()
@@ -150,9 +158,12 @@ class AckQueue:
         return self._queue[0][1] if self._queue else None
 
     def add(self, pid: int, waiting: asyncio.Future[Any] | None) -> None:
+        self.add_ack(encode_puback(pid), waiting)
+
+    def add_ack(self, packet: bytes, waiting: asyncio.Future[Any] | None) -> None:
         if self._failed:
             return
-        self._queue.append((pid, waiting))
+        self._queue.append((packet, waiting))
         if waiting is None or waiting.done():
             if len(self._queue) == 1:
                 self._schedule()
@@ -175,7 +186,7 @@ class AckQueue:
         queue = self._queue
         out: list[bytes] = []
         while queue and not self._failed:
-            pid, waiting = queue[0]
+            packet, waiting = queue[0]
             if waiting is not None:
                 if not waiting.done():
                     break
@@ -186,7 +197,7 @@ class AckQueue:
                     self._on_error(exc)
                     break
             queue.popleft()
-            out.append(encode_puback(pid))
+            out.append(packet)
         if out:
             self._outbox.send(b"".join(out))
 
@@ -201,7 +212,7 @@ class FastPathHandler(QoS2Outgoing):
     # -- implemented by broker.handler.EdgeProtocolHandler ------------------------------
 
     async def accept_publish(
-        self, topic: str, payload: bytes, qos: int, retain: bool
+        self, topic: str, payload: bytes, qos: int, retain: bool, *, route: bool = True
     ) -> asyncio.Future[Any] | None:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -223,6 +234,9 @@ class FastPathHandler(QoS2Outgoing):
 
     def on_dropped_out(self, qos: int) -> None:
         """A message for this client was dropped: QoS 0 (not reading) or the oldest queued one."""
+
+    def on_dropped_in(self, topic: str) -> None:
+        """A QoS 2 PUBLISH from this client was dropped: ``max_awaiting_rel`` are awaiting PUBREL."""
 
     # -- output -----------------------------------------------------------------------
 
@@ -314,12 +328,17 @@ class FastPathHandler(QoS2Outgoing):
         self.count_out(len(data), qos)
 
     def _queue_out(self, topic: str, data: bytes, qos: int, limits: BrokerLimits) -> None:
-        """Queue a message behind a full window (the session's queue: kept if the client goes)."""
-        queue = self.session.retained_messages
-        while queue.qsize() >= limits.max_queued_messages:
-            queue.get_nowait()
+        """Queue a message behind a full window (the session's queue: kept if the client goes).
+
+        Bounded by ``max_queued_messages`` and ``max_queued_bytes``: the oldest go first.
+        """
+        room = make_room(self.session, len(data), limits)
+        for _ in range(room.dropped):
             self.on_dropped_out(qos)
-        queue.put_nowait(RetainedApplicationMessage(None, topic, data, qos))
+        if not room.fits:
+            self.on_dropped_out(qos)
+            return
+        self.session.retained_messages.put_nowait(RetainedApplicationMessage(None, topic, data, qos))
 
     def pump(self) -> None:
         """Send queued messages while the session's in-flight window has room, in queue order."""
@@ -367,12 +386,17 @@ class FastPathHandler(QoS2Outgoing):
                     break
                 first, body = packet
                 kind = first >> 4
-                if kind == PUBLISH and (first >> 1) & 3 < 2 and not slow:
+                if kind == PUBLISH and not slow:
                     p = decode_publish(first, body)
                     if p.topic.startswith("$"):
                         # amqtt closes such a client too ([MQTT-4.7.2-1]); the guard took wildcards.
                         self.on_invalid_topic(p.topic)
                         break
+                    if p.qos == 2 and p.packet_id is not None:
+                        await self.receive_qos2(p.topic, p.payload, p.retain, p.packet_id, acks.add_ack)
+                        if len(acks) > MAX_PENDING_ACKS and (oldest := acks.oldest()) is not None:
+                            await asyncio.wait([oldest])
+                        continue
                     waiting = await self.accept_publish(p.topic, p.payload, p.qos, p.retain)
                     if p.qos and p.packet_id is not None:
                         acks.add(p.packet_id, waiting)
@@ -388,6 +412,8 @@ class FastPathHandler(QoS2Outgoing):
                             await asyncio.wait([pending_qos0[0]])
                 elif kind == PUBACK and not fire:
                     self._on_puback(packet_id(body))
+                elif kind == PUBREL and not fire:
+                    acks.add_ack(self.release_qos2(packet_id(body)), None)
                 else:
                     guard.push_back(first, body)
                     await self._amqtt_packet(guard, fire)
@@ -400,6 +426,47 @@ class FastPathHandler(QoS2Outgoing):
         await self.handle_connection_closed()
         self._reader_stopped.set()
         await self.stop()
+
+    async def receive_qos2(
+        self,
+        topic: str,
+        payload: bytes,
+        retain: bool,
+        pid: int,
+        ack: Callable[[bytes, asyncio.Future[Any] | None], None],
+        *,
+        route: bool = True,
+    ) -> tuple[Verdict, asyncio.Future[Any] | None]:
+        """A QoS 2 PUBLISH from the client, by the spec's Method B (``broker.qos2_in``).
+
+        A new one is accepted now (``accept_publish``) and only its identifier kept until
+        PUBREL; a resend is not accepted again; one beyond ``max_awaiting_rel`` is dropped.
+        Each gets a PUBREC through ``ack``, after the buffer commit for a new one. Returns
+        the verdict and what that PUBREC waits for.
+        """
+        held = awaiting_release(self.session)
+        verdict = held.receive(pid, self.limits().max_awaiting_rel)
+        waiting: asyncio.Future[Any] | None = None
+        if verdict is Verdict.NEW:
+            try:
+                waiting = await self.accept_publish(topic, payload, 2, retain, route=route)
+            except BaseException:
+                held.forget(pid)
+                raise
+            if waiting is not None:
+                # Refused by the buffer: no PUBREC and the connection closes; the resend
+                # after the reconnect must be taken as new.
+                waiting.add_done_callback(lambda f: held.forget(pid) if f.cancelled() or f.exception() else None)
+        elif verdict is Verdict.OVER_LIMIT:
+            self.on_dropped_in(topic)
+        ack(encode_pubrec(pid), waiting)
+        return verdict, waiting
+
+    def release_qos2(self, pid: int) -> bytes:
+        """A PUBREL from the client: forget ``pid``; the PUBCOMP to send, held or not (``broker.qos2_in``)."""
+        if self.session is not None:
+            awaiting_release(self.session).release(pid)
+        return encode_pubcomp(pid)
 
     def _on_puback(self, pid: int) -> None:
         waiter = self._puback_waiters.get(pid)

@@ -6,7 +6,8 @@ message is accepted — counted, access-checked once, offered to the uplink tap 
 PUBACK waits for the buffer commit), forwarded to the site peers that want it, and
 routed to local subscribers. A PUBLISH from a peer link is delivered locally only (one
 hop). It also keeps unacknowledged outgoing QoS 1 messages in flight until acknowledged
-or redelivered on reconnect (amqtt-notes entry 12).
+or redelivered on reconnect (amqtt-notes entry 12), and takes incoming QoS 2 by the
+spec's Method B on amqtt's read path too (entries 80, 81).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from amqtt.contexts import Action
 from amqtt.mqtt.publish import PublishPacket
-from amqtt.session import OUTGOING, ApplicationMessage
+from amqtt.mqtt.pubrel import PubrelPacket
+from amqtt.session import OUTGOING, ApplicationMessage, IncomingApplicationMessage
 
 from broker.fastpath import FastPathHandler, SentOutgoing
 from broker.limits import BrokerLimits
+from broker.qos2_in import Verdict
 
 if TYPE_CHECKING:
     from broker.server import EdgeBroker
@@ -115,6 +118,17 @@ class EdgeProtocolHandler(FastPathHandler):
             f"dropped-out:{client}", "%s is not keeping up: dropping QoS %d messages to it", client, qos
         )
 
+    def on_dropped_in(self, topic: str) -> None:
+        self.edge_broker.counters.dropped_in += 1
+        client = self.session.client_id if self.session is not None else "?"
+        self.edge_broker.ratelog.warning(
+            f"dropped-in:{client}",
+            "%s has %d QoS 2 messages awaiting PUBREL: dropping a new one on %r (PUBREC sent)",
+            client,
+            self.limits().max_awaiting_rel,
+            topic,
+        )
+
     def count_out(self, n_bytes: int, qos: int) -> None:
         counters = self.edge_broker.counters
         counters.messages_out += 1
@@ -125,14 +139,18 @@ class EdgeProtocolHandler(FastPathHandler):
         self.edge_broker.track(task)
 
     async def handle_publish(self, publish_packet: PublishPacket) -> None:
-        # amqtt's path (QoS 2, or a plugin listening for packets): the tap first, then amqtt's
-        # QoS flow acknowledges and routes the message.
+        # amqtt's path (a plugin listening for packets or messages): the tap first, then
+        # amqtt's QoS flow acknowledges and routes the message. QoS 2 is ours (below).
         topic = publish_packet.topic_name
         if topic is None or not publishable(topic):
             await super().handle_publish(publish_packet)  # amqtt refuses it and closes
             return
         data = bytes(publish_packet.data or b"")
         qos = publish_packet.qos or 0
+        pid = publish_packet.packet_id
+        if qos == 2 and pid is not None and self.session is not None:
+            await self._handle_qos2_publish(topic, data, bool(publish_packet.retain_flag), pid)
+            return
         waiting = await self.accept_publish(topic, data, qos, bool(publish_packet.retain_flag), route=False)
         if waiting is not None:
             try:
@@ -142,6 +160,32 @@ class EdgeProtocolHandler(FastPathHandler):
                     self.on_publish_refused(exc)
                     return
         await super().handle_publish(publish_packet)
+
+    async def _handle_qos2_publish(self, topic: str, data: bytes, retain: bool, pid: int) -> None:
+        """amqtt's path for an incoming QoS 2 PUBLISH: Method B as on the fast path (entry 80).
+
+        amqtt's incoming flow keeps a task and the whole message per packet identifier until
+        PUBREL, without bound. Here the message goes to amqtt's delivery queue at once (so
+        plugins listening for messages see it) and only its identifier is kept.
+        """
+        acks: list[bytes] = []
+        verdict, waiting = await self.receive_qos2(topic, data, retain, pid, lambda p, _: acks.append(p), route=False)
+        if waiting is not None:
+            try:
+                await waiting
+            except Exception as exc:
+                self.on_publish_refused(exc)
+                return
+        if verdict is Verdict.NEW:
+            message = IncomingApplicationMessage(pid, topic, 2, data, retain)
+            await self.session.delivered_message_queue.put(message)
+        for packet in acks:
+            self.outbox().send(packet)
+
+    async def handle_pubrel(self, pubrel: PubrelPacket) -> None:
+        # amqtt answers a PUBREL it holds no message for with a warning and no PUBCOMP, so
+        # the client's flow never ends (entry 81); Method B holds identifiers only.
+        self.outbox().send(self.release_qos2(pubrel.packet_id))
 
     async def _handle_qos1_message_flow(self, app_message: ApplicationMessage) -> None:
         # amqtt's outgoing flow waits 5 s for the PUBACK and then forgets the message, and

@@ -81,6 +81,8 @@ class BrokerCounters:
     """Wills not fired because the ``presence`` hook found them stale."""
     dropped_out: int = 0
     """Messages to connected clients dropped: QoS 0 to one not reading, or the oldest of a full queue."""
+    dropped_in: int = 0
+    """QoS 2 PUBLISHes dropped (PUBREC sent): the client had ``max_awaiting_rel`` awaiting PUBREL."""
     messages_in_by_qos: list[int] = field(default_factory=lambda: [0, 0, 0])
     """PUBLISHes received from clients, by their QoS (0, 1, 2)."""
     messages_out_by_qos: list[int] = field(default_factory=lambda: [0, 0, 0])

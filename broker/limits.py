@@ -20,6 +20,8 @@ __all__ = ["LIMITS_ENV", "BrokerLimits"]
 
 LIMITS_ENV = "EDGEMQ_BROKER_LIMITS"
 
+_ZERO_MEANS_UNBOUNDED = frozenset({"max_queued_bytes"})
+
 
 @dataclass(frozen=True)
 class BrokerLimits:
@@ -35,8 +37,12 @@ class BrokerLimits:
     """A client silent for this many times its keep-alive is disconnected and its will published."""
     max_queued_messages: int = 1000
     """QoS 1/2 messages queued per session (offline, or behind a full in-flight window); oldest dropped beyond."""
+    max_queued_bytes: int = 16 * 1024 * 1024
+    """Payload bytes queued per session (same queue as ``max_queued_messages``); oldest dropped beyond; 0: no bound."""
     max_inflight_messages: int = 20
     """Outgoing QoS 1/2 messages unacknowledged per client; further ones wait in its queue (Mosquitto: 20)."""
+    max_awaiting_rel: int = 20
+    """Incoming QoS 2 messages per session awaiting the client's PUBREL; beyond, one is acknowledged and dropped."""
     max_write_buffer: int = 1024 * 1024
     """Bytes a client's socket has not taken yet above which QoS 0 messages to it are dropped."""
     max_topic_length: int = 65535
@@ -47,7 +53,9 @@ class BrokerLimits:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"broker limit {f.name} must be a positive number, got {value!r}")
+            if value == 0 and f.name not in _ZERO_MEANS_UNBOUNDED:
                 raise ConfigError(f"broker limit {f.name} must be a positive number, got {value!r}")
 
     @classmethod

@@ -13,7 +13,7 @@ keeps the message in ``inflight_out`` until its PUBCOMP, with no timeout:
 Both come from amqtt's ``_retry_deliveries`` (ours: ``EdgeProtocolHandler``), which runs
 each in-flight message's flow again when a session reconnects.
 
-What it does not do: INCOMING QoS 2 stays amqtt's; keep-alive closes a client that never
+What it does not do: incoming QoS 2 (``broker.qos2_in``); keep-alive closes a client that never
 answers; the in-flight window is ``broker.fastpath``'s.
 """
 

@@ -33,6 +33,9 @@ def security_plugins(security: SecurityConfig, *, site: str | None) -> dict[str,
             "require_client_cert": tls is not None and tls.require_client_cert,
             "site": site,
             "roles": roles,
+            # Generated peer links log in as peer-{site} (role peer): then nobody else may
+            # claim a peer- client id. Otherwise their role is unknown here (docs/security.md).
+            "peer_role": "peer" if security.generate else None,
         },
         ACL_PLUGIN: {"site": site, "roles": roles},
     }

@@ -82,6 +82,7 @@ from broker.ownership import Decision, Verdict
 from broker.persistent import PersistentSessionsBroker
 from broker.ratelog import RateLimitedLog
 from broker.routing import Broadcast
+from broker.session_queue import make_room
 from broker.session_state import lighten
 from broker.tls import note_connection
 from broker.topics import matches
@@ -484,18 +485,22 @@ class EdgeBroker(PersistentSessionsBroker):
             await self._handle_message_delivery(client_session, handler, done)
 
     async def _retain_broadcast_message(self, broadcast: dict[str, Any], qos: int, target_session: Session) -> None:
-        # Bounded offline queue per persistent session: the oldest goes first.
-        queue = target_session.retained_messages
-        while queue.qsize() >= self.limits.max_queued_messages:
-            queue.get_nowait()
-            self.dropped_offline += 1
+        # Bounded offline queue per persistent session (count and bytes): the oldest goes first.
+        data = broadcast.get("data")
+        room = make_room(target_session, len(data) if data is not None else 0, self.limits)
+        if room.dropped or not room.fits:
+            lost = room.dropped + (0 if room.fits else 1)
+            self.dropped_offline += lost
+            self.counters.dropped_out += lost
             self.ratelog.warning(
                 f"offline-full:{target_session.client_id}",
-                "offline queue of %s full (%d): dropping its oldest message",
+                "offline queue of %s full (%d messages, %d bytes): dropping its oldest message",
                 target_session.client_id,
                 self.limits.max_queued_messages,
+                self.limits.max_queued_bytes,
             )
-        await super()._retain_broadcast_message(broadcast, qos, target_session)
+        if room.fits:
+            await super()._retain_broadcast_message(broadcast, qos, target_session)
 
     async def _publish_session_retained_messages(self, session: Session) -> None:
         # Messages queued while the session was offline. amqtt sends them with RETAIN set

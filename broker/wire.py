@@ -115,3 +115,13 @@ def encode_publish(
 def encode_puback(packet_id: int) -> bytes:
     """A PUBACK for ``packet_id``."""
     return b"\x40\x02" + _U16.pack(packet_id)
+
+
+def encode_pubrec(packet_id: int) -> bytes:
+    """A PUBREC for ``packet_id``."""
+    return b"\x50\x02" + _U16.pack(packet_id)
+
+
+def encode_pubcomp(packet_id: int) -> bytes:
+    """A PUBCOMP for ``packet_id``."""
+    return b"\x70\x02" + _U16.pack(packet_id)

@@ -158,8 +158,11 @@ class SnapshotCollector(Collector):
                     qos_fam.add_metric([*values, direction, str(qos)], float(n))
         found.append(qos_fam if qos_fam.samples else None)
         found.append(counter("edgemq_messages_dropped_out", "Messages a slow subscriber did not get: QoS 1/2 beyond "
-                             "its queue (max_queued_messages), QoS 0 over its write buffer (max_write_buffer).",
+                             "its queue (max_queued_messages, max_queued_bytes), QoS 0 over its write buffer "
+                             "(max_write_buffer).",
                              snap.get("dropped_out")))
+        found.append(counter("edgemq_messages_dropped_in", "QoS 2 PUBLISHes dropped (PUBREC sent): the client "
+                             "had max_awaiting_rel messages awaiting PUBREL.", snap.get("dropped_in")))
         found.append(counter("edgemq_uplink_refused_messages", "Uplink messages refused by the buffer "
                              "(not acknowledged to the device).", snap.get("uplink_refused")))
         found.append(counter("edgemq_buffer_append_failures", "Buffer appends that failed (store errors).",

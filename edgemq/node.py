@@ -276,6 +276,7 @@ def _broker_snapshot(broker: EdgeBroker, name: str, address: str, started: float
         "messages_out": c.messages_out,
         "messages_out_by_qos": {str(q): n for q, n in enumerate(c.messages_out_by_qos)},
         "dropped_out": c.dropped_out,
+        "dropped_in": c.dropped_in,
         "bytes_in": c.bytes_in,
         "bytes_out": c.bytes_out,
     }

@@ -124,8 +124,11 @@ def start_broker(kind: str, tmp: Path, *, limits: dict[str, Any] | None = None) 
         conf = tmp / f"mosquitto-{port}.conf"
         lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false"]
         lines.append(f"max_packet_size {limits.get('max_packet_size', 1024 * 1024)}")
-        if "max_connections" in limits:
-            lines.append(f"max_connections {limits['max_connections']}")
+        # Ours and Mosquitto's limits of the same name (ours: max_awaiting_rel is Mosquitto's
+        # incoming use of max_inflight_messages; set both the same in tests that use either).
+        for name in ("max_connections", "max_queued_messages", "max_queued_bytes", "max_inflight_messages"):
+            if name in limits:
+                lines.append(f"{name} {limits[name]}")
         conf.write_text("\n".join(lines) + "\n")
         args = [_mosquitto(), "-c", str(conf)]
     elif kind == "amqtt":

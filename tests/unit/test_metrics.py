@@ -18,6 +18,7 @@ EDGE: dict[str, Any] = {
     "site": "plant-1", "broker": "a1", "clients": 5, "messages_in": 10, "messages_out": 4,
     "messages_in_by_qos": {"0": 3, "1": 7, "2": 0}, "messages_out_by_qos": {"0": 1, "1": 3, "2": 0},
     "dropped_out": 5,
+    "dropped_in": 4,
     "bytes_in": 1000, "bytes_out": 400, "uplink_refused": 0, "append_failures": 0,
     "ownership": {"owned": 3, "foreign": 1, "unknown": 1},
     "uplink": {"state": "backoff", "connects": 2, "disconnects": 1, "forwarded": 7, "resent": 1, "inflight": 0,
@@ -57,6 +58,7 @@ def test_edge_snapshot_becomes_labelled_metrics() -> None:
     assert s[("edgemq_messages_by_qos_total", frozenset({*who, ("direction", "in"), ("qos", "1")}))] == 7
     assert s[("edgemq_messages_by_qos_total", frozenset({*who, ("direction", "out"), ("qos", "1")}))] == 3
     assert s[("edgemq_messages_dropped_out_total", frozenset(who))] == 5
+    assert s[("edgemq_messages_dropped_in_total", frozenset(who))] == 4
     assert s[("edgemq_peer_messages_total", frozenset({*who, ("peer", "a2"), ("direction", "out")}))] == 6
     assert s[("edgemq_peer_message_bytes_total", frozenset({*who, ("peer", "a2"), ("direction", "in")}))] == 30
     assert s[("edgemq_peer_link_up", frozenset({*who, ("peer", "a3")}))] == 0
