@@ -134,6 +134,11 @@ async def run_fleet(
         if tasks:
             await asyncio.gather(*tasks)
     finally:
+        # Cancelled or failed: cancel the devices, and also mark the fleet over. A device's
+        # cancellation can be lost: aiomqtt's connect waits with asyncio.wait_for, which on
+        # Python 3.11 returns the result instead of raising when the CONNACK and the
+        # cancellation arrive in the same step; that device would otherwise run on forever.
+        fleet.abort()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

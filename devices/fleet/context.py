@@ -92,6 +92,7 @@ class FleetContext:
         self.connect_slots = asyncio.Semaphore(config.connect_batch)
         # Fleet-wide, rate-limited: a broker down means hundreds of devices say the same thing.
         self.warnings = RateLimitedLog(logger, interval_s=10.0, clock=self.loop.time)
+        self._aborted = False
 
     def now(self) -> float:
         """The event loop's clock."""
@@ -115,9 +116,13 @@ class FleetContext:
             per_broker={b: c.per_broker.get(b, 0) for b in self.brokers},
         )
 
+    def abort(self) -> None:
+        """The run is being torn down: every device is over, whether or not its cancellation reached it."""
+        self._aborted = True
+
     def over(self) -> bool:
-        """The fleet was stopped or its duration passed."""
-        return self.stop.is_set() or (self.deadline is not None and self.loop.time() >= self.deadline)
+        """The fleet was stopped, aborted, or its duration passed."""
+        return self._aborted or self.stop.is_set() or (self.deadline is not None and self.loop.time() >= self.deadline)
 
     async def sleep_until(self, when: float, interrupted: Callable[[], bool] | None = None) -> bool:
         """Sleep until ``when`` in short ticks; False if the fleet is over (or ``interrupted()``) first."""

@@ -1,6 +1,9 @@
 """The MQTT client of one simulated device: aiomqtt's client, with its socket registered in step with paho.
 
-Why a subclass: paho tells aiomqtt when its socket wants writing
+Two changes to aiomqtt 2.5.1 (pinned; they override its private socket and SUBACK
+hooks), neither about the protocol.
+
+Writing: paho tells aiomqtt when its socket wants writing
 (``on_socket_register_write``, for every packet it queues) and when it closes
 (``on_socket_unregister_write`` then ``on_socket_close``, just before
 ``close()``). aiomqtt 2.5.1 (``aiomqtt/client.py``,
@@ -18,6 +21,11 @@ unregistration (aiomqtt's, immediate) happen in paho's order; from another
 thread (paho's connect runs in an executor) it is scheduled as before, but only
 carried out if paho still has that socket open by then. Reading and the rest
 are aiomqtt's.
+
+A SUBACK for a subscribe nobody awaits any more (the device was cancelled, or
+the subscribe timed out, before it came) is logged by aiomqtt
+(``Client._on_subscribe``) as an error with a traceback; here it is a debug
+line, since a fleet that is cancelled while devices connect sees it by design.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ from typing import Any
 import aiomqtt
 import paho.mqtt.client as mqtt
 from aiomqtt.types import PahoSocket
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 __all__ = ["DeviceClient"]
 
@@ -62,3 +72,16 @@ class DeviceClient(aiomqtt.Client):
             self._loop.add_writer(fd, writable)
         else:
             self._loop.call_soon_threadsafe(register)
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None = None,
+    ) -> None:
+        if mid not in self._pending_subscribes:
+            self._logger.debug("SUBACK %d arrived after its subscribe was given up", mid)
+            return
+        super()._on_subscribe(client, userdata, mid, reason_codes, properties)

@@ -89,3 +89,46 @@ def test_dropped_connections_and_a_stop_log_no_socket_tracebacks(
     assert not messages, f"{len(messages)} exceptions reached the event loop, e.g. {messages[:3]}"
     bad = [r.getMessage() for r in caplog.records if "Bad file descriptor" in r.getMessage() or r.exc_info]
     assert not bad, bad[:3]
+
+
+ROUNDS = 5
+
+
+def test_cancelling_the_fleet_while_devices_connect_returns_without_tracebacks(
+    mosquitto: Callable[..., tuple[str, int]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cancelled mid-connect, run_fleet returns: no device may run on after its cancellation was lost.
+
+    aiomqtt waits for the CONNACK with asyncio.wait_for, which on Python 3.11 returns
+    the result instead of raising when the CONNACK and the cancellation land in the
+    same step; such a device used to keep publishing, and run_fleet never returned.
+    """
+    _, port = mosquitto()
+    caplog.set_level(logging.WARNING)
+    loop_errors: list[dict[str, Any]] = []
+    lost: list[int] = []
+
+    async def one_round(n: int) -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
+        site = SiteConfig(id=f"t{uuid.uuid4().hex[:8]}", brokers=[BrokerConfig(id="a1", port=port)])
+        cfg = FleetConfig(site=site, devices=100, rate=20.0, connect_batch=100, progress_interval_s=0.01)
+        latest: list[FleetStats] = []
+        stop = asyncio.Event()  # only to end a round that hangs, so the test fails instead of hanging
+        task = asyncio.create_task(run_fleet(cfg, latest.append, stop=stop))
+        # Cancel while the batch is connecting: some devices up, others waiting for their CONNACK.
+        await _until(lambda: bool(latest) and latest[-1].connected >= 1, 30, "a first connection")
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=20)
+        if not done:
+            lost.append(n)
+            stop.set()
+            await asyncio.wait([task], timeout=30)
+
+    for n in range(ROUNDS):
+        asyncio.run(one_round(n))
+
+    assert not lost, f"run_fleet did not return after being cancelled in rounds {lost}"
+    messages = [f"{c.get('message')}: {c.get('exception')!r}" for c in loop_errors]
+    assert not messages, messages[:3]
+    tracebacks = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.exc_info]
+    assert not tracebacks, tracebacks[:3]
