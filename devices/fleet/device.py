@@ -90,11 +90,6 @@ class Device:
         # Set after the first connection attempt: the runner paces start-up batches on it.
         self.first_attempt = asyncio.Event()
 
-    @property
-    def policy(self) -> FailoverPolicy:
-        """The device's failover policy (where it connects, when it probes)."""
-        return self.s.policy
-
     def report(self) -> DeviceReport:
         """The device as it is now."""
         s = self.s
