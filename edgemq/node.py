@@ -28,7 +28,7 @@ from bridge.link import Uplink, stats_topic
 from bridge.site_peers import SitePeers
 from bridge.store import Store
 from bridge.tap import BufferTap
-from broker.client_auth import probe_target, site_login, uplink_cloud
+from broker.client_auth import site_login, uplink_cloud
 from broker.config import BrokerConfig, ClusterConfig, SiteConfig
 from broker.limits import LIMITS_ENV, BrokerLimits
 from broker.ownership import (
@@ -41,7 +41,6 @@ from broker.ownership import (
     ring_topic,
     route_command,
 )
-from broker.probe import mqtt_answers
 from broker.ring import Ring
 from broker.security import security_plugins
 from broker.server import EdgeBroker, amqtt_config
@@ -222,36 +221,30 @@ class _Ownership:
 
 
 class _PeerLiveness:
-    """Which brokers of the site answer MQTT right now (probed every ``interval_s``).
+    """Which brokers of the site are up right now, as this broker's peer links see them.
 
-    Feeds the ownership admission decision: a device is refused (policy ``refuse``) only
-    while its owner answers. Between an owner's death and the next probe (at most
-    ``interval_s`` plus the probe timeout) its devices may be refused here once and retry.
+    Feeds the ownership admission decision and command routing: a device is refused
+    (policy ``refuse``) only while its owner is up. A peer counts as up while this
+    broker's MQTT link to it (``bridge/peer_link.py``) is connected: the link drops at
+    once when the peer's process dies (its socket closes), and within the link's
+    keep-alive (``peer_link.KEEPALIVE_S`` x 1.5) when the peer hangs or the network
+    between them does. Links to brokers that join the running site are added by
+    ``SitePeers`` itself. Unknown counts as down: before the links are up (start-up),
+    or while a peer refuses the link, its devices are admitted here.
     """
 
-    def __init__(self, site: SiteConfig, me: str, interval_s: float = 2.0, cfg: ClusterConfig | None = None) -> None:
-        self.peers = [b for b in site.brokers if b.id != me]
-        self.interval_s = interval_s
-        # Plaintext port, or the TLS port (with the site's CA) when the brokers listen in TLS only.
-        self.targets = [probe_target(cfg, b) if cfg is not None else (b.host, b.port, None) for b in self.peers]
-        # Unknown counts as down: until a peer has answered, its devices are admitted here.
-        self.alive: frozenset[str] = frozenset()
-        self.cfg = cfg
+    def __init__(self) -> None:
+        self._peers: SitePeers | None = None
 
-    def add(self, broker: BrokerConfig) -> None:
-        """Probe a broker that joined the site since start-up too."""
-        self.peers.append(broker)
-        target = probe_target(self.cfg, broker) if self.cfg is not None else (broker.host, broker.port, None)
-        self.targets.append(target)
+    def follow(self, peers: SitePeers) -> None:
+        """Take liveness from these peer links from now on."""
+        self._peers = peers
 
-    async def run(self) -> None:
-        while True:
-            peers, targets = list(self.peers), list(self.targets)  # add() may run while we probe
-            results = await asyncio.gather(
-                *(asyncio.to_thread(mqtt_answers, host, port, 0.5, ctx) for host, port, ctx in targets)
-            )
-            self.alive = frozenset(b.id for b, ok in zip(peers, results, strict=True) if ok)
-            await asyncio.sleep(self.interval_s)
+    @property
+    def alive(self) -> frozenset[str]:
+        if self._peers is None:
+            return frozenset()
+        return frozenset(p for p, link in self._peers.links.items() if link.state == "up")
 
 
 async def _until_signalled() -> None:
@@ -384,7 +377,7 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
         config = amqtt_config(bcfg.host, bcfg.port)
         config["listeners"] = broker_listeners(cfg.security.tls, bcfg)
         config["plugins"] = security_plugins(cfg.security, site=site.id)
-        liveness = _PeerLiveness(site, bcfg.id, cfg=cfg)
+        liveness = _PeerLiveness()  # follows the peer links once they exist (below)
         ring = _SiteRing(site)  # grows when a broker joins the running site
 
         def decide(client_id: str) -> Decision:
@@ -426,7 +419,6 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
                 return
             log.info("broker %s (weight %g) joined %s: now in the ring; its devices move to it", peer,
                      added.weight, site.id)
-            liveness.add(added)
             task = asyncio.create_task(publish_ring(), name="ring-document")
             ring_tasks.add(task)
             task.add_done_callback(ring_tasks.discard)
@@ -437,6 +429,7 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
                           login=site_login(cfg, "peer", site.id), on_discovered=joined)
         broker.peers = peers
         broker.presence = peers
+        liveness.follow(peers)
         # Commands from the cloud: one broker of the site delivers each to its device, and the
         # device's keeper queues it (durably, with a time-to-live) while it is offline.
         def command_route(device: str) -> Route:
@@ -492,7 +485,6 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
 
         link_task = asyncio.create_task(link.run(), name=f"uplink-{site.id}-{bcfg.id}")
         await peers.start()
-        liveness_task = asyncio.create_task(liveness.run(), name="peer-liveness")
         commands_task = asyncio.create_task(router.run(), name="commands")
         stats = asyncio.create_task(
             _stats_loop(stats_path(cfg, name), snapshot, latest, publish_locally), name="stats"
@@ -511,7 +503,7 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
             log.info("edge broker %s/%s shutting down", site.id, bcfg.id)
             with contextlib.suppress(Exception):
                 await peers.close()
-            for task in (stats, link_task, liveness_task, commands_task):
+            for task in (stats, link_task, commands_task):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
