@@ -98,11 +98,13 @@ class ProbeResult:
     by_caller: list[tuple[str, float]] = field(default_factory=list)
     by_file: list[tuple[str, float]] = field(default_factory=list)
     task_names: list[tuple[str, float]] = field(default_factory=list)  # coroutine name, tasks/conn
+    offline: bool = False
 
     def report(self, top: int = 25) -> str:
         kind = "clean session" if self.clean else "persistent session"
+        what = "sessions of disconnected clients" if self.offline else "idle connections"
         out = [
-            f"{self.n} idle connections ({kind}, keep-alive {self.keepalive}):",
+            f"{self.n} {what} ({kind}, keep-alive {self.keepalive}):",
             f"  traced Python memory {self.traced_per_conn / 1024:.2f} KiB/conn, "
             f"tasks {self.tasks_per_conn:.2f}/conn, RSS {self.rss_per_conn / 1024:.2f} KiB/conn",
         ]
@@ -172,7 +174,7 @@ async def _settle(broker: EdgeBroker, want: int) -> None:
 
 
 async def measure_async(n: int, *, clean: bool = True, keepalive: int = 0, warm: int = 50,
-                        trace: bool = True) -> ProbeResult:
+                        trace: bool = True, offline: bool = False) -> ProbeResult:
     port = _free_port()
     config = amqtt_config("127.0.0.1", port)
     config["plugins"] = security_plugins(SecurityConfig(), site=None)
@@ -191,6 +193,13 @@ async def measure_async(n: int, *, clean: bool = True, keepalive: int = 0, warm:
         rss0 = me.memory_info().rss
         clients.append(await _open(port, n, clean, keepalive, "idle"))
         await _settle(broker, warm + n)
+        if offline:  # the n clients send DISCONNECT and close; what do their sessions keep?
+            await _close(clients.pop())
+            for _ in range(600):
+                if broker.connected_clients() <= warm:
+                    break
+                await asyncio.sleep(0.05)
+            await _settle(broker, warm)
         gc.collect()
         snap1 = tracemalloc.take_snapshot() if trace else None
         rss1 = me.memory_info().rss
@@ -200,7 +209,7 @@ async def measure_async(n: int, *, clean: bool = True, keepalive: int = 0, warm:
             coro: Any = t.get_coro()
             names[getattr(coro, "__qualname__", repr(coro))] += 1
         result = ProbeResult(n, clean, keepalive, 0.0, len(new_tasks) / n, (rss1 - rss0) / n,
-                             task_names=[(k, v / n) for k, v in names.most_common()])
+                             task_names=[(k, v / n) for k, v in names.most_common()], offline=offline)
         if snap0 is not None and snap1 is not None:
             tracemalloc.stop()
             diff = snap1.compare_to(snap0, "traceback")
@@ -233,12 +242,15 @@ def main() -> None:
     ap.add_argument("--warm", type=int, default=50)
     ap.add_argument("--persistent", action="store_true", help="clean session off")
     ap.add_argument("--keepalive", type=int, default=0)
+    ap.add_argument("--offline", action="store_true",
+                    help="measure after the n clients disconnected (what persistent sessions keep)")
     ap.add_argument("--rss", action="store_true", help="no tracemalloc: RSS and tasks only")
     ap.add_argument("--top", type=int, default=25)
     args = ap.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    r = measure(args.n, clean=not args.persistent, keepalive=args.keepalive, warm=args.warm, trace=not args.rss)
+    r = measure(args.n, clean=not args.persistent, keepalive=args.keepalive, warm=args.warm, trace=not args.rss,
+                offline=args.offline)
     print(r.report(args.top))
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from amqtt.errors import ProtocolHandlerError
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
@@ -39,6 +39,9 @@ from amqtt.session import ApplicationMessage, Session
 
 from broker.handler import EdgeProtocolHandler
 from broker.lazy_queue import LazyQueue
+
+if TYPE_CHECKING:
+    from broker.server import EdgeBroker
 
 __all__ = ["ConnectionHandler", "Flag", "serve_client"]
 
@@ -98,12 +101,21 @@ def _done(result: Any) -> asyncio.Future[Any]:
 class ConnectionHandler(EdgeProtocolHandler):
     """``EdgeProtocolHandler`` whose idle connection holds no queues, events, timers or waiter tasks."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, plugins_manager: Any, broker: EdgeBroker, *, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(plugins_manager, loop=loop)
+        self.edge_broker = broker
         # amqtt's ``__init__`` made these as asyncio.Queue/Event (freed here, never used).
         self._pending_subscriptions: LazyQueue[Any] = LazyQueue()
         self._pending_unsubscriptions: LazyQueue[Any] = LazyQueue()
         self._reader_stopped: Any = Flag()
+        # Every attribute the handler will ever have, set now and always in this order: CPython
+        # keeps a class's instance attributes in one shared key table only while they are
+        # added early; one added late (``_acks`` when the reader starts) made each handler a
+        # dict of its own, 1.9 KB (entry 72).
+        self.keepalive_timeout: int | None = None
+        self._pump_scheduled = False
+        self._outbox = None
+        self._acks = None
 
     async def start(self) -> None:
         # amqtt's ``ProtocolHandler.start`` and ``BrokerProtocolHandler.start``, without the
@@ -115,11 +127,29 @@ class ConnectionHandler(EdgeProtocolHandler):
         self._reader_ready: Any = Flag()
         self._reader_stopped = Flag()
         client_id = self.session.client_id if self.session is not None else "?"
-        self._reader_task = asyncio.create_task(self._reader_loop(), name=f"reader {client_id}")
+        self._reader_task: asyncio.Task[None] | None = asyncio.create_task(
+            self._reader_loop(), name=f"reader {client_id}"
+        )
         waiter: asyncio.Future[Any] | None = getattr(self, "_disconnect_waiter", None)
         if waiter is None or waiter.done():
             self._disconnect_waiter = asyncio.get_running_loop().create_future()
         await self._retry_deliveries()
+
+    def release(self) -> None:
+        """Let go of the ended connection's objects (streams, guard, reader task, outbox).
+
+        The handler stays in ``Broker._sessions`` beside a persistent session for as long as
+        the session lives (days, for a device that is off); amqtt keeps the dead connection
+        reachable from it, 8 KB per offline session (entry 73). A handler without a writer is
+        one the fast path never writes to (``FastPathHandler.deliver``) and amqtt's
+        ``_send_packet`` skips.
+        """
+        self.reader = None
+        self.writer = None
+        self._reader_task = None
+        self._reader_ready = None
+        self._outbox = None
+        self._acks = None
 
     async def handle_subscribe(self, subscribe: Any) -> None:
         await super().handle_subscribe(subscribe)  # amqtt checks the packet and queues it

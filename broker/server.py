@@ -50,7 +50,9 @@ Where the parts live: ``broker.handler`` (``EdgeProtocolHandler``: accepting a c
 PUBLISH, outgoing QoS 1 in flight), ``broker.hooks`` (the tap, peer and presence
 protocols, ``BrokerCounters``), ``broker.persistent`` (sessions across restarts),
 ``broker.routing`` (synchronous access control, direct routing), ``broker.fastpath``
-(the reader loop), ``broker.guard`` (framing and limits); this module holds
+(the reader loop), ``broker.guard`` (framing and limits), ``broker.connection`` (what one
+connection holds: ``ConnectionHandler``, the client loop ``serve_client``; entries 70–73);
+this module holds
 ``EdgeBroker``: connections, authentication and admission, sessions, wills, retained
 messages and the routed downlink.
 
@@ -403,8 +405,7 @@ class EdgeBroker(PersistentSessionsBroker):
         lighten(client_session)  # a 16 KB transitions.Machine per session is replaced (entry 17)
         # amqtt builds the handler in ``BrokerProtocolHandler.init_from_connect`` (a fixed
         # class) and attaches it here; swap in ours before it is attached.
-        ours = ConnectionHandler(self.plugins_manager, loop=self._loop)
-        ours.edge_broker = self
+        ours = ConnectionHandler(self.plugins_manager, self, loop=self._loop)
         # amqtt's own handler is not used again, but its caller (``Broker._client_connected``)
         # holds it for the life of the connection: drop its queues and events (entry 17).
         handler.__dict__.clear()
@@ -489,6 +490,8 @@ class EdgeBroker(PersistentSessionsBroker):
             done: asyncio.Future[Any] = self._loop.create_future()
             done.set_result(message)
             await self._handle_message_delivery(client_session, handler, done)
+        if isinstance(handler, ConnectionHandler):
+            handler.release()  # the session may outlive its connection by days (entry 73)
 
     async def _retain_broadcast_message(self, broadcast: dict[str, Any], qos: int, target_session: Session) -> None:
         # Bounded offline queue per persistent session: the oldest goes first.

@@ -4,7 +4,8 @@ Measured with ``benchmarks/idle_probe.py``: the broker in this process, the clie
 CONNECT, then silent) in a child process, tracemalloc and ``asyncio.all_tasks()`` before and
 after. Bounds are on Python bytes and task counts, never on time. Measured at commit
 time (docs/amqtt-notes.md, entries 70-73): 14.6 KiB traced per idle connection (clean
-session), 13.4 KiB (persistent), 2 tasks each; before: 36.5 KiB and 6 tasks.
+session), 13.4 KiB (persistent), 2 tasks each, and 2.8 KiB per persistent session whose
+client is gone; before: 36.5 KiB and 6 tasks, and 8.4 KiB.
 """
 
 from __future__ import annotations
@@ -35,3 +36,15 @@ def test_idle_connection_memory_and_tasks(clean: bool) -> None:
     by_file = dict(r.by_file)
     assert by_file.get("asyncio/queues.py", 0) < 1000, by_file
     assert by_file.get("transitions/core.py", 0) < 4000, by_file
+
+
+def test_a_disconnected_persistent_session_keeps_no_connection_objects() -> None:
+    """A device that is off keeps its session (subscriptions, queue) but not its dead connection."""
+    r = measure(N, clean=False, warm=30, offline=True)
+    print(r.report(15))
+    assert r.tasks_per_conn == 0, r.task_names
+    # Measured 2.8 KiB (session + handler); the streams, guard and reader task were 8.4 KiB with them.
+    assert r.traced_per_conn <= 4.5 * 1024, r.report(15)
+    by_file = dict(r.by_file)
+    for part in ("asyncio/streams.py", "broker/guard.py", "broker/fastpath.py"):
+        assert by_file.get(part, 0) < 100, (part, by_file)
