@@ -43,7 +43,7 @@ from broker.lazy_queue import LazyQueue
 if TYPE_CHECKING:
     from broker.server import EdgeBroker
 
-__all__ = ["ConnectionHandler", "Flag", "serve_client"]
+__all__ = ["ConnectionHandler", "Flag", "lighten_handler", "serve_client"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,18 @@ class Flag:
         return True
 
 
+def lighten_handler(handler: BrokerProtocolHandler) -> None:
+    """Swap the asyncio.Queue pair and Event amqtt's handler ``__init__`` made for lazy ones (entry 70).
+
+    For ``ConnectionHandler`` and for the handlers amqtt makes for sessions restored at
+    start-up (``Broker.create_offline_session``), which wait, unused, until their client
+    comes back.
+    """
+    handler._pending_subscriptions = LazyQueue()
+    handler._pending_unsubscriptions = LazyQueue()
+    handler._reader_stopped = Flag()
+
+
 class _Broker(Protocol):
     """What ``ConnectionHandler`` and ``serve_client`` need of ``broker.server.EdgeBroker``."""
 
@@ -104,10 +116,7 @@ class ConnectionHandler(EdgeProtocolHandler):
     def __init__(self, plugins_manager: Any, broker: EdgeBroker, *, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(plugins_manager, loop=loop)
         self.edge_broker = broker
-        # amqtt's ``__init__`` made these as asyncio.Queue/Event (freed here, never used).
-        self._pending_subscriptions: LazyQueue[Any] = LazyQueue()
-        self._pending_unsubscriptions: LazyQueue[Any] = LazyQueue()
-        self._reader_stopped: Any = Flag()
+        lighten_handler(self)
         # Every attribute the handler will ever have, set now and always in this order: CPython
         # keeps a class's instance attributes in one shared key table only while they are
         # added early; one added late (``_acks`` when the reader starts) made each handler a

@@ -10,10 +10,17 @@ client is gone; before: 36.5 KiB and 6 tasks, and 8.4 KiB.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import sys
+import tracemalloc
 from pathlib import Path
 
 import pytest
+
+from broker.server import EdgeBroker, amqtt_config
+from broker.session_store import SessionStore
+from tests.protocol.conftest import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
@@ -48,3 +55,33 @@ def test_a_disconnected_persistent_session_keeps_no_connection_objects() -> None
     by_file = dict(r.by_file)
     for part in ("asyncio/streams.py", "broker/guard.py", "broker/fastpath.py"):
         assert by_file.get(part, 0) < 100, (part, by_file)
+
+
+def test_a_session_restored_at_start_up_holds_no_queues(tmp_path: Path) -> None:
+    """After a gateway restart every stored persistent session is back in memory, offline,
+    until its device reconnects: amqtt's handler for it must not hold its queues (entry 70)."""
+    n = 500
+
+    async def run() -> float:
+        store = SessionStore.open(tmp_path / "sessions.db")
+        for i in range(n):
+            store.save(f"dev-{i}", [(f"commands/site/dev-{i}/#", 1)])
+        broker = EdgeBroker(amqtt_config("127.0.0.1", free_port()))
+        broker.session_store = store
+        await broker.start()
+        try:
+            gc.collect()
+            tracemalloc.start()
+            before = tracemalloc.take_snapshot()
+            assert broker.restore_sessions() == n
+            gc.collect()
+            after = tracemalloc.take_snapshot()
+            tracemalloc.stop()
+            return sum(s.size_diff for s in after.compare_to(before, "filename")) / n
+        finally:
+            await broker.shutdown()
+            store.close()
+
+    per_session = asyncio.run(run())
+    # Measured 2.25 KiB (session, handler, subscription); 9.3 KiB with amqtt's queues and event.
+    assert per_session <= 3.5 * 1024, per_session
