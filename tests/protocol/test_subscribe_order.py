@@ -53,3 +53,28 @@ def test_subscribe_then_unsubscribe_in_one_write_ends_unsubscribed(server: Broke
     for w in (sub, pub):
         w.send(P.disconnect())
         w.close()
+
+
+@pytest.mark.brokers("edgemq")  # Mosquitto lets clients publish to $-topics other than $SYS: no reference
+def test_qos2_publish_to_dollar_topic_closes_the_connection_and_fires_the_will(server: BrokerProc) -> None:
+    """amqtt refuses a $-topic PUBLISH in ``_handle_message_delivery`` (QoS 2 reaches it after the
+    PUBREL) and its client loop then just stops: no will, the session left "connected". Ours
+    closes the connection as for any protocol violation, and the will fires (entry 71)."""
+    will_topic = uid("will")
+    watcher = P.Wire(server.port)
+    assert watcher.connect(uid("watch"))[0] == 0
+    assert watcher.subscribe(will_topic, 0) == 0
+    bad = P.Wire(server.port)
+    client_id = uid("bad")
+    assert bad.connect(client_id, will=(will_topic, b"gone", 0, False))[0] == 0
+    bad.send(P.publish(f"${uid('x')}", b"no", qos=2, pid=5))
+    bad.recv_type(P.PUBREC)
+    bad.send(P.raw((P.PUBREL << 4) | 0x02, b"\x00\x05"))
+    assert bad.closed_within(5), "connection left open after a $-topic PUBLISH"
+    got = watcher.recv_type(P.PUBLISH, timeout=5)
+    assert got.publish_fields()[2] == b"gone"
+    again = P.Wire(server.port)  # the session is not left "connected": the id can come back at once
+    assert again.connect(client_id)[0] == 0
+    for w in (watcher, again):
+        w.send(P.disconnect())
+        w.close()
