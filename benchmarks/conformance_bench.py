@@ -39,6 +39,17 @@ from tests.protocol.conftest import BrokerProc, start_broker  # noqa: E402
 KINDS = ("edgemq", "mosquitto")
 MiB = 1024 * 1024
 
+# Where the idle figures came from (same bench, same machine); kept by hand when a change moves them.
+IDLE_HISTORY = (
+    "Idle memory over time (edgemq, this bench): amqtt as subclassed at first, 51 KB per connection "
+    "(issue 5); 37.3 KiB per connection, 433.1 MiB at 10,000 (commit a950c9d, 2026-11-27 09:19 UTC, "
+    "after amqtt-notes entry 17: no transitions.Machine per session); then entries 70-73 (no "
+    "asyncio.Queue, Event or waiter task an idle connection does not use, 6 -> 2 tasks per connection) "
+    "give the table above. Python objects per idle connection, by tracemalloc "
+    "(`benchmarks/idle_probe.py`, broker in-process, clients in a child process): 60.2 -> 36.5 -> 14.6 KiB; "
+    "what is left is listed in docs/amqtt-notes.md ('Observed, not yet fixed')."
+)
+
 
 def raise_fd_limit() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -228,6 +239,7 @@ def render(idle: list[dict[str, Any]], counts: list[int], cycle: int, lats: list
                    f"{(r[top] - r['base']) / MiB:.1f} MiB); {cycle:,} more opened and closed after "
                    f"that moved RSS by {(r['cycle_after'] - r['cycle_before']) / MiB:+.1f} MiB "
                    "(freed memory is kept by the process and reused, not returned).")
+    out += ["", IDLE_HISTORY]
     out += ["", "Publish latency (QoS 0, one publisher every 10 ms to one subscriber, other clients) "
             "while a third client uploads QoS 0 PUBLISHes of `max_packet_size` bytes (whole packet) back to back "
             "(no subscriber for them) until the broker has read them all (a PINGRESP after the last); "

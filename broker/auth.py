@@ -53,8 +53,10 @@ __all__ = ["EdgeAuthPlugin", "bind_principal", "principal_of"]
 log = logging.getLogger(__name__)
 
 # amqtt's Session is unhashable (it defines __eq__), so the principal rides on the session
-# object itself and lives exactly as long as it.
-_ATTR = "_edgemq_principal"
+# object itself and lives exactly as long as it: in ``Session.attributes``, amqtt's dict for
+# plugin-owned values. (A new attribute on the session would turn its compact per-class
+# attribute storage into a dict of its own: 1.6 KB per session, docs/amqtt-notes.md entry 72.)
+_ATTR = "edgemq.principal"
 # Concurrent Argon2 verifications (each takes ~64 MiB and tens of ms of CPU): a storm
 # of reconnecting devices queues here instead of exhausting a gateway's memory.
 _VERIFY_SLOTS = 4
@@ -64,13 +66,14 @@ def principal_of(session: Session | None) -> Principal | None:
     """The principal the auth plugin bound to ``session`` (None: not authenticated by us)."""
     if session is None:
         return None
-    principal = getattr(session, _ATTR, None)
+    attributes = getattr(session, "attributes", None)
+    principal = attributes.get(_ATTR) if isinstance(attributes, dict) else None
     return principal if isinstance(principal, Principal) else None
 
 
 def bind_principal(session: Session, principal: Principal) -> None:
     """Bind ``principal`` to ``session`` (done by the auth plugin; tests use it directly)."""
-    setattr(session, _ATTR, principal)
+    session.attributes[_ATTR] = principal
 
 
 class EdgeAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no type info

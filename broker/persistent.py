@@ -19,6 +19,7 @@ from amqtt.session import Session
 
 from broker.access import Principal
 from broker.auth import bind_principal, principal_of
+from broker.connection import lighten_handler
 from broker.ratelog import RateLimitedLog
 from broker.routing import RoutingBroker
 from broker.session_state import lighten
@@ -84,6 +85,7 @@ class PersistentSessionsBroker(RoutingBroker):
                 continue
             handler, session = self.create_offline_session(client_id)
             lighten(session)
+            lighten_handler(handler)  # waits, unused, until the client is back (entry 70)
             session.clean_session = False
             if principal is not None:  # is_anonymous stays False, as for every session (_check_credentials)
                 bind_principal(session, Principal(**principal))

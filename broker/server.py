@@ -50,7 +50,9 @@ Where the parts live: ``broker.handler`` (``EdgeProtocolHandler``: accepting a c
 PUBLISH, outgoing QoS 1 in flight), ``broker.hooks`` (the tap, peer and presence
 protocols, ``BrokerCounters``), ``broker.persistent`` (sessions across restarts),
 ``broker.routing`` (synchronous access control, direct routing), ``broker.fastpath``
-(the reader loop), ``broker.guard`` (framing and limits); this module holds
+(the reader loop), ``broker.guard`` (framing and limits), ``broker.connection`` (what one
+connection holds: ``ConnectionHandler``, the client loop ``serve_client``; entries 70–73);
+this module holds
 ``EdgeBroker``: connections, authentication and admission, sessions, wills, retained
 messages and the routed downlink.
 
@@ -72,6 +74,7 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import ApplicationMessage, Session
 
 from broker.auth import bind_principal, principal_of
+from broker.connection import ConnectionHandler, serve_client
 from broker.errors import StoreError
 from broker.fastpath import FastPathHandler
 from broker.guard import GuardedReader, GuardStatistics
@@ -220,7 +223,8 @@ class EdgeBroker(PersistentSessionsBroker):
         self.logger = _AmqttBrokerLog(logging.getLogger("amqtt.broker"), self.ratelog)
         self.open_connections = 0
         self.dropped_offline = 0
-        self._loop_done: dict[str, asyncio.Event] = {}
+        # Per connected client id: done when its connection's ``_handle_client_session`` ended.
+        self._loop_done: dict[str, asyncio.Future[None]] = {}
 
     # -- connections: guard, limit ---------------------------------------------------
 
@@ -288,7 +292,7 @@ class EdgeBroker(PersistentSessionsBroker):
         await handler.handle_connection_closed()
         if done is not None:
             try:
-                await asyncio.wait_for(done.wait(), 10)
+                await asyncio.wait_for(asyncio.shield(done), 10)
             except TimeoutError:
                 log.warning("previous connection of %s did not end within 10s", client_id)
 
@@ -402,8 +406,7 @@ class EdgeBroker(PersistentSessionsBroker):
         lighten(client_session)  # a 16 KB transitions.Machine per session is replaced (entry 17)
         # amqtt builds the handler in ``BrokerProtocolHandler.init_from_connect`` (a fixed
         # class) and attaches it here; swap in ours before it is attached.
-        ours = EdgeProtocolHandler(self.plugins_manager, loop=self._loop)
-        ours.edge_broker = self
+        ours = ConnectionHandler(self.plugins_manager, self, loop=self._loop)
         # amqtt's own handler is not used again, but its caller (``Broker._client_connected``)
         # holds it for the life of the connection: drop its queues and events (entry 17).
         handler.__dict__.clear()
@@ -412,7 +415,7 @@ class EdgeBroker(PersistentSessionsBroker):
             # "session present", and the old connection's late exit would then mark the
             # shared session disconnected. Close the old one first.
             await self._take_over(client_session.client_id)
-        done = asyncio.Event()
+        done: asyncio.Future[None] = self._loop.create_future()
         client_id = client_session.client_id
         self._loop_done[client_id] = done
         token = _AUTHENTICATED.set(True)
@@ -425,7 +428,8 @@ class EdgeBroker(PersistentSessionsBroker):
             if presence is not None:
                 presence.disconnected(client_id)
             _AUTHENTICATED.reset(token)
-            done.set()
+            if not done.done():
+                done.set_result(None)
             if self._loop_done.get(client_id) is done:
                 del self._loop_done[client_id]
 
@@ -469,7 +473,11 @@ class EdgeBroker(PersistentSessionsBroker):
             self.peers.forward(topic, payload, qos, retain)
 
     async def _client_message_loop(self, client_session: Session, handler: BrokerProtocolHandler) -> None:
-        await super()._client_message_loop(client_session, handler)
+        # amqtt's loop keeps four waiter tasks per connection; ours waits in this task (entry 71).
+        if isinstance(handler, ConnectionHandler):
+            await serve_client(self, client_session, handler)
+        else:
+            await super()._client_message_loop(client_session, handler)
         # amqtt's loop ends at disconnect, leaving PUBLISHes that were already received
         # (and for QoS 1 acknowledged) in the session's queue, which is cleared with the
         # session. Deliver them: acknowledged means accepted.
@@ -483,6 +491,8 @@ class EdgeBroker(PersistentSessionsBroker):
             done: asyncio.Future[Any] = self._loop.create_future()
             done.set_result(message)
             await self._handle_message_delivery(client_session, handler, done)
+        if isinstance(handler, ConnectionHandler):
+            handler.release()  # the session may outlive its connection by days (entry 73)
 
     async def _retain_broadcast_message(self, broadcast: dict[str, Any], qos: int, target_session: Session) -> None:
         # Bounded offline queue per persistent session (count and bytes): the oldest goes first.

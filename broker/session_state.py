@@ -21,6 +21,8 @@ from typing import Any
 
 from transitions import MachineError
 
+from broker.lazy_queue import LazyQueue
+
 __all__ = ["SessionState", "lighten"]
 
 STATES = ("new", "connected", "disconnected")
@@ -61,6 +63,14 @@ class SessionState:
 
 
 def lighten(session: Any) -> None:
-    """Replace a session's ``transitions.Machine`` by a :class:`SessionState` in the same state."""
+    """Replace a session's ``transitions.Machine`` by a :class:`SessionState` in the same state,
+    and its two ``asyncio.Queue``s by ``LazyQueue``s holding the same messages (entry 70)."""
     if not isinstance(session.transitions, SessionState):
         session.transitions = SessionState(session, str(session.transitions.state))
+    for name in ("retained_messages", "delivered_message_queue"):
+        queue = getattr(session, name)
+        if not isinstance(queue, LazyQueue):
+            items = []
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            setattr(session, name, LazyQueue(items))
