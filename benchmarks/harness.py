@@ -261,10 +261,11 @@ class EdgemqTopology(Topology):
         self.stats_file = self.work / "run" / "stats" / "plant-1.a1.json"
 
     def _edgemq(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        # The same per-client limits as the Mosquitto brokers of the comparison (MOSQ_COMMON):
+        # The same per-client limits as the Mosquitto brokers of the comparison (MOSQ_COMMON;
+        # Mosquitto's max_queued_bytes is unbounded by default, edgemq's 16 MiB):
         # with the defaults (a queue of 1,000) a QoS 1 subscriber that falls behind loses the
         # oldest messages, counted as dropped_out, and the figures would compare unlike setups.
-        limits = json.dumps({"max_queued_messages": MOSQ_QUEUE, "max_inflight_messages": 100})
+        limits = json.dumps({"max_queued_messages": MOSQ_QUEUE, "max_inflight_messages": 100, "max_queued_bytes": 0})
         return spawn([sys.executable, "-m", "edgemq", "broker", *args, "--config", str(self.config),
                       "--log-level", self.log_level], log=self.work / f"{name}.log",
                      env={"PYTHONUNBUFFERED": "1", "EDGEMQ_BROKER_LIMITS": limits})

@@ -37,6 +37,12 @@ def cluster_toml(run_dir: Path, cloud_port: int, ports: list[int], extra: list[s
         "[cloud]",
         'host = "127.0.0.1"',
         f"port = {cloud_port}",
+        # The simulation's cloud subscriber stands for the cloud's consumer: with the default
+        # per-client queue (1,000 messages, 16 MiB) a subscriber slower than a drain would lose
+        # the oldest (counted by the cloud as dropped_out), and the loss count would not be ours.
+        "[limits]",
+        "max_queued_messages = 5000000",
+        "max_queued_bytes = 0",
         "[bridge]",
         "reconnect_min_s = 0.2",
         "reconnect_max_s = 2.0",
