@@ -29,6 +29,15 @@ QoS 0 commands are not kept for an offline device (MQTT's contract for QoS 0):
 counted ``qos0_offline``. Retained commands and topics that name no device go to the
 broker as they are (``inject``), as before the router existed.
 
+Right after start-up the broker does not know yet where the site's devices are:
+its peer links come up and the peers' retained presence records arrive a moment
+later, while the cloud already replays the commands its persistent session kept
+while it was down. Deciding then would make it the keeper of a device that is
+connected to a peer (which delivered the command when it was published): a second
+copy later. So device commands wait until the site view is settled (``settled``,
+from the node: every peer link up for a second) or ``settle_max_s`` has passed,
+before they are routed; order is kept (the uplink hands them over one at a time).
+
 What it does not do: decide presence or liveness (``route`` does), talk to the
 cloud (the uplink does), or hold a socket. The queue's SQLite calls run on the
 event loop: commands are few and each call is one small transaction.
@@ -84,6 +93,8 @@ class DownlinkRouter:
         route: Callable[[str], Route],
         ttl_s: float,
         clock: Callable[[], float] = time.time,
+        settled: Callable[[], bool] | None = None,
+        settle_max_s: float = 5.0,
     ) -> None:
         self.site = site
         self.queue = queue
@@ -95,6 +106,9 @@ class DownlinkRouter:
         self._clock = clock
         self._lock = asyncio.Lock()  # one hand-over at a time keeps a device's commands in order
         self.counts: Counter[str] = Counter()
+        self._settled = settled
+        self.held_at_start = 0  # commands that waited for the settled view (also counted by outcome)
+        self._settle_until = time.monotonic() + settle_max_s
 
     def _audience(self, device: str, topic: str) -> tuple[set[str], set[str]]:
         """(the device's sessions, observers) among the connected local subscribers of ``topic``."""
@@ -113,6 +127,8 @@ class DownlinkRouter:
             self.counts["passed"] += 1
             await self._inject(topic, payload, qos, retain)
             return
+        if self._settled is not None:
+            await self._settle()
         async with self._lock:
             now = self._clock()
             mine, others = self._audience(device, topic)
@@ -134,6 +150,19 @@ class DownlinkRouter:
             self.counts["queued"] += 1
         if mine:
             await self.flush(device)
+
+    async def _settle(self) -> None:
+        """Wait (once, after start-up) until the site view is settled or the wait has run out."""
+        settled = self._settled
+        if settled is None:
+            return
+        held = False
+        while not settled() and time.monotonic() < self._settle_until:
+            held = True
+            await asyncio.sleep(0.1)
+        if held:
+            self.held_at_start += 1
+        self._settled = None  # settled for good: later changes are followed by presence
 
     async def flush(self, device: str) -> int:
         """Hand the device's waiting commands to its sessions here, oldest first; return how many."""
@@ -183,6 +212,7 @@ class DownlinkRouter:
             "expired": stats.expired,
             "overflow": stats.overflow,
             "routed": dict(self.counts),
+            "held_at_start": self.held_at_start,
         }
 
     def close(self) -> None:

@@ -437,12 +437,22 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
             return route_command(ring.ring, f"{site.id}/{device}", bcfg.id, here or peers.present_at(device),
                                  liveness.alive)
 
+        site_view: dict[str, float | None] = {"all_up_since": None}
+
+        def site_view_settled() -> bool:
+            # Every peer link up for a second: the peers' retained presence records are in.
+            if any(link.state != "up" for link in peers.links.values()):
+                site_view["all_up_since"] = None
+                return False
+            since = site_view["all_up_since"] = site_view["all_up_since"] or time.monotonic()
+            return time.monotonic() - since >= 1.0
+
         router = DownlinkRouter(
             site=site.id,
             queue=CommandQueue.open(commands_path(cfg, site.id, bcfg.id), max_commands=cfg.bridge.max_queued_commands,
                                     durability=bufcfg.durability),
             inject=broker.inject, send=broker.send_to, listeners=broker.listeners_of, route=command_route,
-            ttl_s=cfg.bridge.command_ttl_s,
+            ttl_s=cfg.bridge.command_ttl_s, settled=site_view_settled,
         )
         broker.on_subscribed = router.subscribed
         await publish_ring()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -156,5 +157,37 @@ def test_router_never_fires_an_expired_command(tmp_path: Path) -> None:
         task.cancel()
         assert b.payloads_to("dev-p-d1") == [b"fresh"]
         assert r.statistics()["expired"] == 1 and r.statistics()["depth"] == 0
+
+    asyncio.run(main())
+
+
+def test_router_decides_only_once_the_site_view_is_settled(tmp_path: Path) -> None:
+    """Just restarted, the broker would take itself for the keeper of a device connected to a
+    peer (presence not in yet): the cloud's replayed command must wait for the settled view."""
+
+    async def main() -> None:
+        b = Broker()
+        route = [Route.QUEUE]  # before presence is in: "keep it"
+        settled = [False]
+        r = DownlinkRouter(site="p", queue=CommandQueue.open(tmp_path / "c.sqlite3"), inject=b.inject,
+                           send=b.send, listeners=b.listeners, route=lambda device: route[0], ttl_s=30,
+                           settled=lambda: settled[0], settle_max_s=60)
+        offer = asyncio.create_task(r.offer("commands/p/d1/a", b"1", 1, False))
+        await asyncio.sleep(0.3)
+        assert not offer.done()  # held: not decided yet
+        route[0], settled[0] = Route.DROP, True  # presence says: the device is at a peer
+        await asyncio.wait_for(offer, 5)
+        assert r.counts["not_mine"] == 1 and r.counts["queued"] == 0 and r.held_at_start == 1
+        assert r.queue.pending("d1", now=time.time()) == []
+        await r.offer("commands/p/d2/a", b"2", 1, False)  # settled for good: no more waiting
+        assert r.held_at_start == 1
+
+        never = DownlinkRouter(site="p", queue=CommandQueue.open(tmp_path / "d.sqlite3"), inject=b.inject,
+                               send=b.send, listeners=b.listeners, route=lambda device: Route.QUEUE, ttl_s=30,
+                               settled=lambda: False, settle_max_s=0.2)
+        await asyncio.wait_for(never.offer("commands/p/d3/a", b"3", 1, False), 5)  # the wait runs out
+        assert never.counts["queued"] == 1
+        r.close()
+        never.close()
 
     asyncio.run(main())
