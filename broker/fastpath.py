@@ -145,13 +145,15 @@ class AckQueue:
     def __init__(self, outbox: Outbox, on_error: Callable[[BaseException], None]) -> None:
         self._outbox = outbox
         self._on_error = on_error
-        self._queue: collections.deque[tuple[bytes, asyncio.Future[Any] | None]] = collections.deque()
+        # Created on the first PUBLISH: an empty deque is ~760 bytes, and a connection that
+        # only subscribes, or idles, never needs one (idle memory, amqtt-notes 70-73).
+        self._queue: collections.deque[tuple[bytes, asyncio.Future[Any] | None]] | None = None
         self._scheduled = False
         self._failed = False
         self._loop = asyncio.get_running_loop()
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._queue) if self._queue is not None else 0
 
     def oldest(self) -> asyncio.Future[Any] | None:
         """What the oldest unreleased PUBACK waits for (None if nothing or nothing to wait for)."""
@@ -163,9 +165,12 @@ class AckQueue:
     def add_ack(self, packet: bytes, waiting: asyncio.Future[Any] | None) -> None:
         if self._failed:
             return
-        self._queue.append((packet, waiting))
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = collections.deque()
+        queue.append((packet, waiting))
         if waiting is None or waiting.done():
-            if len(self._queue) == 1:
+            if len(queue) == 1:
                 self._schedule()
         else:
             waiting.add_done_callback(self._done)
@@ -184,6 +189,8 @@ class AckQueue:
         """Send every PUBACK at the head of the queue whose wait is over."""
         self._scheduled = False
         queue = self._queue
+        if queue is None:
+            return
         out: list[bytes] = []
         while queue and not self._failed:
             packet, waiting = queue[0]
@@ -374,7 +381,7 @@ class FastPathHandler(QoS2Outgoing):
         # QoS 0 appends to the buffer have no PUBACK to hold back, but the same pushback:
         # at most MAX_PENDING_ACKS of this connection's appends wait for their commit before
         # its reader waits (stops reading the socket), else they pile up in the store's memory.
-        pending_qos0: collections.deque[asyncio.Future[Any]] = collections.deque()
+        pending_qos0: collections.deque[asyncio.Future[Any]] | None = None  # made on first use
         events = self.plugins_manager._event_plugin_callbacks
         fire = MQTTEvents.PACKET_RECEIVED in events
         # A plugin that listens for messages gets them the way amqtt fires them.
@@ -405,6 +412,8 @@ class FastPathHandler(QoS2Outgoing):
                         if len(acks) > MAX_PENDING_ACKS and (oldest := acks.oldest()) is not None:
                             await asyncio.wait([oldest])
                     elif waiting is not None:
+                        if pending_qos0 is None:
+                            pending_qos0 = collections.deque()
                         pending_qos0.append(waiting)
                         while pending_qos0 and pending_qos0[0].done():
                             pending_qos0.popleft()
