@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["RateLimitedLog"]
+__all__ = ["AmqttBrokerLog", "RateLimitedLog"]
 
 
 class RateLimitedLog:
@@ -42,3 +43,30 @@ class RateLimitedLog:
     def warning(self, key: str, msg: str, *args: object) -> bool:
         """``log`` at WARNING."""
         return self.log(logging.WARNING, key, msg, *args)
+
+
+# What amqtt's ``Broker`` logs (WARNING/ERROR) for each connection that fails before or
+# during its session: one line or two per bad connection, a flood under hostile input.
+_PER_CONNECTION_FAILURES = (
+    "Failed to initialize client session",
+    "No data from",
+    "Invalid connection from",
+    "[MQTT-3.1.0-1]",
+    "Error while handling client session",
+)
+
+
+class AmqttBrokerLog(logging.LoggerAdapter[logging.Logger]):
+    """amqtt's broker logger with its per-connection failure lines through a ``RateLimitedLog``."""
+
+    def __init__(self, logger: logging.Logger, ratelog: RateLimitedLog) -> None:
+        super().__init__(logger, {})
+        self._ratelog = ratelog
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level >= logging.WARNING and isinstance(msg, str):
+            for prefix in _PER_CONNECTION_FAILURES:
+                if msg.startswith(prefix):
+                    self._ratelog.log(level, f"amqtt:{prefix}", "%s", msg)
+                    return
+        super().log(level, msg, *args, **kwargs)

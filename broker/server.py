@@ -83,8 +83,9 @@ from broker.hooks import BrokerCounters, PeerHook, PresenceHook, UplinkTap
 from broker.limits import BrokerLimits
 from broker.ownership import Decision, Verdict
 from broker.persistent import PersistentSessionsBroker
-from broker.ratelog import RateLimitedLog
+from broker.ratelog import AmqttBrokerLog, RateLimitedLog
 from broker.routing import Broadcast
+from broker.session_lookup import AUTHENTICATED, CONNECT_FIELDS, RESOLVING, Resolving, SessionTable, resolving
 from broker.session_queue import make_room
 from broker.session_state import lighten
 from broker.tls import note_connection
@@ -112,84 +113,6 @@ _PUBLISHER_QOS: contextvars.ContextVar[int | None] = contextvars.ContextVar("pub
 _SUBSCRIBING: contextvars.ContextVar[bool] = contextvars.ContextVar("subscribing", default=False)
 
 
-class _Resolving:
-    """Marks amqtt's ``_initialize_client_session`` running in this task (and tasks it starts).
-
-    A flag object rather than a bare bool: tasks amqtt starts meanwhile (plugin events)
-    inherit the context, and must stop seeing the flag once the call returns.
-    """
-
-    active = True
-
-
-_RESOLVING: contextvars.ContextVar[_Resolving | None] = contextvars.ContextVar("resolving", default=None)
-# The authentication result our ``_handle_client_session`` already has, for amqtt's own
-# ``_authenticate`` call in ``Broker._handle_client_session`` (read once).
-_AUTHENTICATED: contextvars.ContextVar[bool | None] = contextvars.ContextVar("authenticated", default=None)
-
-# What a new connection brings to the persistent session it resumes: its will, keep-alive,
-# credentials and transport [MQTT-3.1.2-4 ff.]; everything else (subscriptions, queued and
-# in-flight messages) is the session's.
-_CONNECT_FIELDS = (
-    "will_flag",
-    "will_retain",
-    "will_qos",
-    "will_topic",
-    "will_message",
-    "keep_alive",
-    "username",
-    "password",
-    "remote_address",
-    "remote_port",
-    "ssl_object",
-)
-
-
-def _resolving() -> bool:
-    flag = _RESOLVING.get()
-    return flag is not None and flag.active
-
-
-class _SessionTable(dict[str, tuple[Session, BrokerProtocolHandler]]):
-    """amqtt's ``Broker._sessions``, empty to amqtt's persistent-session lookup before authentication.
-
-    ``Broker._initialize_client_session`` asks ``client_id in self._sessions`` and, if so,
-    overwrites that session's will, keep-alive and credentials with the newcomer's, all
-    before authentication. While it runs, ``in`` answers False: amqtt builds the newcomer a
-    session of its own, which ``EdgeBroker._resolve_session`` merges once authenticated.
-    """
-
-    def __contains__(self, key: object) -> bool:
-        return not _resolving() and super().__contains__(key)
-
-
-# What amqtt's ``Broker`` logs (WARNING/ERROR) for each connection that fails before or
-# during its session: one line or two per bad connection, a flood under hostile input.
-_PER_CONNECTION_FAILURES = (
-    "Failed to initialize client session",
-    "No data from",
-    "Invalid connection from",
-    "[MQTT-3.1.0-1]",
-    "Error while handling client session",
-)
-
-
-class _AmqttBrokerLog(logging.LoggerAdapter[logging.Logger]):
-    """amqtt's broker logger with its per-connection failure lines through a ``RateLimitedLog``."""
-
-    def __init__(self, logger: logging.Logger, ratelog: RateLimitedLog) -> None:
-        super().__init__(logger, {})
-        self._ratelog = ratelog
-
-    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        if level >= logging.WARNING and isinstance(msg, str):
-            for prefix in _PER_CONNECTION_FAILURES:
-                if msg.startswith(prefix):
-                    self._ratelog.log(level, f"amqtt:{prefix}", "%s", msg)
-                    return
-        super().log(level, msg, *args, **kwargs)
-
-
 class EdgeBroker(PersistentSessionsBroker):
     """amqtt Broker with edgemq's hooks. Use for both edge and cloud brokers.
 
@@ -208,7 +131,7 @@ class EdgeBroker(PersistentSessionsBroker):
         admission: Callable[[str], Decision] | None = None,
     ) -> None:
         super().__init__(config)
-        self._sessions: _SessionTable = _SessionTable(self._sessions)
+        self._sessions: SessionTable = SessionTable(self._sessions)
         self.tap = tap
         self.admission = admission
         self.peers: PeerHook | None = None
@@ -220,7 +143,7 @@ class EdgeBroker(PersistentSessionsBroker):
         self.counters = BrokerCounters()
         self.guard_stats = GuardStatistics()
         self.ratelog = RateLimitedLog(log)
-        self.logger = _AmqttBrokerLog(logging.getLogger("amqtt.broker"), self.ratelog)
+        self.logger = AmqttBrokerLog(logging.getLogger("amqtt.broker"), self.ratelog)
         self.open_connections = 0
         self.dropped_offline = 0
         # Per connected client id: done when its connection's ``_handle_client_session`` ended.
@@ -259,9 +182,9 @@ class EdgeBroker(PersistentSessionsBroker):
     async def _authenticate(self, session: Session, listener: Any) -> bool:
         # amqtt calls this from ``Broker._handle_client_session``; by then our override has
         # authenticated the newcomer (``_check_credentials``): answer with that result.
-        answered = _AUTHENTICATED.get()
+        answered = AUTHENTICATED.get()
         if answered is not None:
-            _AUTHENTICATED.set(None)
+            AUTHENTICATED.set(None)
             return answered
         return await self._check_credentials(session, listener)
 
@@ -297,7 +220,7 @@ class EdgeBroker(PersistentSessionsBroker):
                 log.warning("previous connection of %s did not end within 10s", client_id)
 
     async def _delete_session(self, client_id: str) -> None:
-        if _resolving():
+        if resolving():
             # amqtt's clean-session delete in ``_initialize_client_session``, before the
             # newcomer is authenticated: not now. ``_resolve_session`` deletes once it is.
             return
@@ -312,8 +235,8 @@ class EdgeBroker(PersistentSessionsBroker):
         # amqtt reads the CONNECT here and resolves its session before authentication. With
         # the flag set it sees no existing session and defers the delete: the session it
         # returns is always the newcomer's own.
-        flag = _Resolving()
-        token = _RESOLVING.set(flag)
+        flag = Resolving()
+        token = RESOLVING.set(flag)
         try:
             result: tuple[BrokerProtocolHandler, Session] = await super()._initialize_client_session(
                 reader, writer, remote_address, remote_port
@@ -321,7 +244,7 @@ class EdgeBroker(PersistentSessionsBroker):
             return result
         finally:
             flag.active = False
-            _RESOLVING.reset(token)
+            RESOLVING.reset(token)
 
     def _admit(self, client_id: str) -> bool:
         """Ask the ``admission`` hook; count and log its decision. True: admitted."""
@@ -377,7 +300,7 @@ class EdgeBroker(PersistentSessionsBroker):
         if existing is None:
             return incoming
         session = existing[0]
-        for name in _CONNECT_FIELDS:
+        for name in CONNECT_FIELDS:
             setattr(session, name, getattr(incoming, name))
         principal = principal_of(incoming)
         if principal is not None:
@@ -418,7 +341,7 @@ class EdgeBroker(PersistentSessionsBroker):
         done: asyncio.Future[None] = self._loop.create_future()
         client_id = client_session.client_id
         self._loop_done[client_id] = done
-        token = _AUTHENTICATED.set(True)
+        token = AUTHENTICATED.set(True)
         presence = self.presence
         if presence is not None:
             presence.connected(client_id)
@@ -427,7 +350,7 @@ class EdgeBroker(PersistentSessionsBroker):
         finally:
             if presence is not None:
                 presence.disconnected(client_id)
-            _AUTHENTICATED.reset(token)
+            AUTHENTICATED.reset(token)
             if not done.done():
                 done.set_result(None)
             if self._loop_done.get(client_id) is done:
