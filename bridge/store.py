@@ -22,7 +22,10 @@ cancelled caller cancel the others' (asyncio cancels the awaited future).
 A group ends early when the broker calls ``hurry``: a publisher has a full in-flight
 window of appends waiting for their PUBACKs, and waiting out the window would only
 cap its rate. (Ending a group whenever the queue is momentarily empty was tried: it
-halved QoS 0 ingest, whose groups then got small.) While the window runs the writer
+halved QoS 0 ingest, whose groups then got small.) It also stops waiting for bursts
+when the last ``QUIET_BURSTS`` bursts were each followed by a silent window — a
+closed-loop publisher that sends only once it has its PUBACKs — re-checking every
+``REPROBE_EVERY`` groups. While the window runs the writer
 sleeps instead of waiting on the queue, so an append handed over meanwhile does not
 wake it (one futex call per message at low rates, measured).
 
@@ -101,6 +104,15 @@ class _Close:
 
 
 _Op = _Batch | _Read | _Close
+
+QUIET_BURSTS = 3
+"""Bursts in a row, each followed by a window in which nothing arrived, after which the writer
+stops waiting out its window for bursts (a closed-loop publisher: it waits for its PUBACKs)."""
+CLOSED_LOOP_BURST = 4
+"""Records a group must start with to count as a burst. Smaller groups keep waiting out the
+window: at low rates (a few records per window) the wait is what gathers them."""
+REPROBE_EVERY = 8
+"""While it does not wait, every this many groups it waits one window out again to re-check."""
 _Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]  # future, result, exception
 
 
@@ -158,6 +170,8 @@ class Store:
         self._flush_scheduled = False
         self._urgent = False
         self._wake = threading.Event()  # cuts the writer's window short (``hurry``)
+        self._quiet = 0  # bursts in a row followed by a silent window (writer thread only)
+        self._skipped = 0  # windows skipped since the last one waited out to re-check
         #: Where a corrupt file found at open was moved to, if one was.
         self.recovered_from: Path | None = None
 
@@ -505,6 +519,15 @@ class Store:
                 # A publisher with a full in-flight window waits for these PUBACKs: it sends
                 # nothing more until the commit, so waiting out the window would only cap it.
                 return None
+            burst = len(records)
+            if burst >= CLOSED_LOOP_BURST and self._quiet >= QUIET_BURSTS:
+                # Closed loop: bursts, each followed by a silent window, i.e. publishers that
+                # send only once they have their PUBACKs. Commit at once; every few groups
+                # wait again to see whether that still holds.
+                if self._skipped < REPROBE_EVERY:
+                    self._skipped += 1
+                    return None
+                self._skipped = 0
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
@@ -516,7 +539,11 @@ class Store:
             try:
                 op = self._queue.get_nowait()
             except queue.Empty:
+                # Nothing came while we waited. After a burst that is a closed loop's mark;
+                # after a lone record, just a low rate (waiting still gathers the next one).
+                self._quiet = self._quiet + 1 if burst >= CLOSED_LOOP_BURST else 0
                 return None
+            self._quiet = 0
 
     def _commit(
         self, buf: Buffer, records: list[Record], futures: list[asyncio.Future[int]], acks: list[int]

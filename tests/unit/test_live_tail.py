@@ -151,3 +151,18 @@ def test_hurry_commits_a_small_group_without_waiting_out_the_interval(tmp_path: 
             assert s.statistics().accepted == 150
 
     asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_a_closed_loop_publisher_stops_waiting_out_the_window(tmp_path: Path) -> None:
+    """Bursts that are each followed by silence (the publisher waits for its PUBACKs) are
+    committed at once after a few windows, with a window waited out again now and then."""
+
+    async def main() -> None:
+        async with Store.open(tmp_path / "b.db", max_messages=BIG, max_bytes=BIG, commit_interval_s=0.5) as s:
+            # 60 bursts of 10: waiting out every 0.5 s window would take 30 s, over the 20 s
+            # timeout; closed-loop mode waits about 3 + 60 / 9 of them.
+            for r in range(60):
+                await asyncio.gather(*(s.append(Record(f"t/{r}/{i}", b"x")) for i in range(10)))
+            assert s.statistics().accepted == 600
+
+    asyncio.run(asyncio.wait_for(main(), 20))
