@@ -96,6 +96,7 @@ DEFAULT_MIN_FREE_BYTES = 4 * 1024 * 1024
 SEQ_BLOCK = 10_000
 
 _CHUNK = 500  # ids per IN (...) list, well under SQLite's variable limit
+_FULL_ACK_CHUNK = 32  # rows per ack transaction when the disk is full (see ``Buffer.ack``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,8 +475,21 @@ class Buffer:
         wanted = sorted(set(seqs))
         if not wanted:
             return 0
-        with self._txn():
-            return self._ack_in_txn(wanted)
+        try:
+            with self._txn():
+                return self._ack_in_txn(wanted)
+        except sqlite3.OperationalError as exc:
+            if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF != SQLITE_FULL or len(wanted) <= _FULL_ACK_CHUNK:
+                raise
+        # The disk is full and one transaction deleting this many rows needs more WAL than
+        # there is room for (hundreds of rows of 8 KB did not fit in the 4 MiB reserve): the
+        # acks would fail forever and nothing would ever be freed. Small transactions fit,
+        # and the WAL is checkpointed and reused between them.
+        removed = 0
+        for i in range(0, len(wanted), _FULL_ACK_CHUNK):
+            with self._txn():
+                removed += self._ack_in_txn(wanted[i : i + _FULL_ACK_CHUNK])
+        return removed
 
     def _ack_in_txn(self, wanted: Sequence[int]) -> int:
         removed = 0
