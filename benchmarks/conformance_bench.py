@@ -71,14 +71,18 @@ def settle_rss(proc: BrokerProc, seconds: float = 2.0) -> int:
     return last
 
 
-def open_idle(port: int, n: int, tag: str, batch: int = 250) -> list[socket.socket]:
-    """``n`` connections that sent CONNECT and got CONNACK, held open and silent."""
+def open_idle(
+    port: int, n: int, tag: str, batch: int = 250, *, clean: bool = True, keepalive: int = 0
+) -> list[socket.socket]:
+    """``n`` connections that sent CONNECT and got CONNACK, held open and silent.
+
+    Also run by ``benchmarks/idle_probe.py``'s client process."""
     socks: list[socket.socket] = []
     for start in range(0, n, batch):
         group = []
         for i in range(start, min(n, start + batch)):
-            s = socket.create_connection(("127.0.0.1", port), timeout=60)
-            s.sendall(P.connect(f"idle-{tag}-{i}", keepalive=0))
+            s = socket.create_connection(("127.0.0.1", port), timeout=120)
+            s.sendall(P.connect(f"idle-{tag}-{i}", clean=clean, keepalive=keepalive))
             group.append(s)
         for s in group:
             got = b""

@@ -42,45 +42,17 @@ from broker.limits import BrokerLimits  # noqa: E402
 from broker.security import security_plugins  # noqa: E402
 from broker.server import EdgeBroker, amqtt_config  # noqa: E402
 
-# The client side, run by ``sys.executable -c``: open N raw MQTT connections, print "ready"
-# once every CONNACK is in, keep them open until stdin closes.
+# The client side, run by ``sys.executable -c``: open N raw MQTT connections
+# (``conformance_bench.open_idle``), print "ready" once every CONNACK is in, keep them open
+# until stdin closes.
 _CLIENTS = r"""
-import socket, struct, sys
+import sys
+sys.path[:0] = [sys.argv[6], sys.argv[6] + "/benchmarks"]
+from conformance_bench import open_idle
 port, n, clean, keepalive, tag = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4]), sys.argv[5]
-def connect(cid):
-    flags = 0x02 if clean else 0x00
-    vh = b"\x00\x04MQTT\x04" + bytes([flags]) + struct.pack("!H", keepalive)
-    cid = cid.encode()
-    rem = vh + struct.pack("!H", len(cid)) + cid
-    n, out = len(rem), bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | 0x80 if n else b)
-        if not n:
-            break
-    return b"\x10" + bytes(out) + rem
-socks = []
-for start in range(0, n, 200):
-    group = []
-    for i in range(start, min(n, start + 200)):
-        s = socket.create_connection(("127.0.0.1", port), timeout=120)
-        s.sendall(connect(f"{tag}-{i}"))
-        group.append(s)
-    for s in group:
-        got = b""
-        while len(got) < 4:
-            chunk = s.recv(4 - len(got))
-            if not chunk:
-                sys.exit("closed before CONNACK")
-            got += chunk
-        if got[0] != 0x20 or got[3] != 0:
-            sys.exit(f"bad CONNACK {got!r}")
-    socks += group
+socks = open_idle(port, n, tag, 200, clean=clean, keepalive=keepalive)
 print("ready", flush=True)
 sys.stdin.read()
-for s in socks:
-    s.sendall(b"\xe0\x00")
-    s.close()
 """
 
 _OURS = str(ROOT / "broker") + os.sep
@@ -142,7 +114,7 @@ def _free_port() -> int:
 
 async def _open(port: int, n: int, clean: bool, keepalive: int, tag: str) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _CLIENTS, str(port), str(n), "1" if clean else "0", str(keepalive), tag,
+        sys.executable, "-c", _CLIENTS, str(port), str(n), "1" if clean else "0", str(keepalive), tag, str(ROOT),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
