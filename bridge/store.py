@@ -73,8 +73,9 @@ from typing import Any
 
 from bridge.buffer import DEFAULT_MIN_FREE_BYTES, Buffer, BufferStats, Durability, Record, Stored
 from bridge.live_tail import LiveTail
-from bridge.store_errors import RateLimitedLog, store_error
+from bridge.store_errors import store_error
 from broker.errors import StoreError, StoreFull
+from broker.ratelog import RateLimitedLog
 
 __all__ = ["Store", "store_error"]
 
@@ -161,7 +162,7 @@ class Store:
         self._stats: BufferStats | None = None
         self._changed = asyncio.Event()
         self._closing = False
-        self._warn = RateLimitedLog()
+        self._warn = RateLimitedLog(log, interval_s=10.0)
         # Gathered on the event loop during one turn, handed over by _flush.
         self._records: list[Record] = []
         self._futures: list[asyncio.Future[int]] = []
