@@ -553,11 +553,7 @@ class Store:
 
         Returns the appenders' outcomes and the rows committed (for the live tail)."""
         if acks and not records:
-            try:
-                buf.ack(acks)
-            except Exception as exc:
-                # The rows stay and are forwarded again later: at-least-once, not loss.
-                self._warn.warning("ack", "buffer %s: ack failed: %s", self.path, store_error(exc, self.path))
+            self._ack(buf, acks)
         outcomes: list[_Outcome] = []
         rows: list[Stored] = []
         for i in range(0, len(records), self.max_batch):
@@ -578,8 +574,7 @@ class Store:
             if result.error is not None and i == 0 and acks:
                 # The appends' transaction failed (e.g. the disk is full): the acks, which free
                 # space, still go through on their own.
-                with contextlib.suppress(Exception):
-                    buf.ack(acks)
+                self._ack(buf, acks)
             failure = store_error(result.error, self.path) if result.error is not None else None
             if failure is not None:
                 self._warn.warning("append", "buffer %s: %d records dropped: %s", self.path, len(chunk), failure)
@@ -588,6 +583,13 @@ class Store:
                 for f, seq in zip(futs, result.seqs, strict=True)
             )
         return outcomes, rows
+
+    def _ack(self, buf: Buffer, acks: list[int]) -> None:
+        try:
+            buf.ack(acks)
+        except Exception as exc:
+            # The rows stay and are forwarded again later: at-least-once, not loss.
+            self._warn.warning("ack", "buffer %s: ack failed: %s", self.path, store_error(exc, self.path))
 
     def _refused(self) -> StoreFull:
         return StoreFull(
