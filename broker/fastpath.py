@@ -207,7 +207,7 @@ class AckQueue:
             out.append(packet)
         if out:
             # Written at once, not at the end of the turn: these are what the client waits
-            # for, and the same turn may go on to forward the commit's rows upstream (the
+            # for, and later callbacks may go on to forward the commit's rows upstream (the
             # store wakes the uplink after this release, bridge.store._settle_and_wake).
             # Whatever was queued for the client before them leaves with them, in order.
             self._outbox.send(b"".join(out))

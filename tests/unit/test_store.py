@@ -266,3 +266,38 @@ def test_cancelling_one_append_does_not_cancel_the_others_of_its_batch(tmp_path:
         assert s.statistics().depth_messages == 2  # the cancelled append's record stays stored
 
     with_store(tmp_path / "b.db", body)
+
+
+def test_a_commits_appenders_hear_of_it_before_its_readers(tmp_path: Path) -> None:
+    """The broker releases a commit's PUBACKs (callbacks on the append futures, then one
+    ``call_soon``) before the uplink, woken by the same commit, forwards its rows: the store
+    wakes readers a turn after it settles the appends (``_settle_and_wake``)."""
+    from broker.fastpath import AckQueue, Outbox
+
+    async def body(s: Store) -> list[str]:
+        order: list[str] = []
+        acks = AckQueue(Outbox(lambda data: order.append("puback"), lambda: False), lambda exc: None)
+
+        async def uplink() -> None:
+            assert await s.wait_for_data(0, 5.0)
+            order.append(f"forward {len(await s.read(0, 10))}")
+
+        task = asyncio.create_task(uplink())
+        await asyncio.sleep(0)  # the uplink waits for data
+        for pid in (1, 2, 3):
+            acks.add(pid, s.submit(rec(pid)))
+        await task
+        return order
+
+    assert with_store(tmp_path / "b.db", body) == ["puback", "forward 3"]
+
+
+def test_timed_out_waits_leave_nothing_behind(tmp_path: Path) -> None:
+    """An idle uplink waits with a timeout over and over: no waiter may pile up in between."""
+
+    async def body(s: Store) -> int:
+        for _ in range(20):
+            assert not await s.wait_for_data(0, 0.001)
+        return len(s._waiters)
+
+    assert with_store(tmp_path / "b.db", body) == 0
