@@ -13,6 +13,7 @@ import pytest
 from bridge.buffer import Record
 from bridge.store import Store, store_error
 from broker.errors import StoreCorrupt, StoreError, StoreFull
+from broker.fastpath import AckQueue, Outbox
 
 T = TypeVar("T")
 BIG = 10**9
@@ -272,8 +273,6 @@ def test_a_commits_appenders_hear_of_it_before_its_readers(tmp_path: Path) -> No
     """The broker releases a commit's PUBACKs (callbacks on the append futures, then one
     ``call_soon``) before the uplink, woken by the same commit, forwards its rows: the store
     wakes readers a turn after it settles the appends (``_settle_and_wake``)."""
-    from broker.fastpath import AckQueue, Outbox
-
     async def body(s: Store) -> list[str]:
         order: list[str] = []
         acks = AckQueue(Outbox(lambda data: order.append("puback"), lambda: False), lambda exc: None)
