@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ import pytest
 
 from broker.config import ClusterConfig
 from broker.probe import wait_until_answers
+from tests.ports import free_port as free_port  # re-exported: tests import it from here
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,13 +42,6 @@ os.environ.setdefault("EDGEMQ_METRICS_PORT", "0")
 # Mosquitto fixture below does (max_queued_messages 100000), the brokers tests start queue
 # deeper; tests of the limits themselves set EDGEMQ_BROKER_LIMITS.
 os.environ.setdefault("EDGEMQ_BROKER_LIMITS", '{"max_queued_messages": 100000}')
-
-
-def free_port() -> int:
-    """A port nobody listens on right now (bound and released by the kernel's choice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str = "condition", interval: float = 0.05) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ import pytest
 
 from broker.limits import LIMITS_ENV
 from broker.probe import wait_until_answers
+from tests.ports import free_port as free_port  # re-exported: tests import it from here
 
 ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("edgemq", "mosquitto", "amqtt")
@@ -41,12 +41,6 @@ KINDS = ("edgemq", "mosquitto", "amqtt")
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "stock_may_pass: stock amqtt fails this only sometimes (xfail not strict)")
     config.addinivalue_line("markers", "brokers(*kinds): run only against these broker kinds")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str = "condition") -> None:
