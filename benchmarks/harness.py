@@ -55,6 +55,9 @@ PAYLOAD = 100  # bytes per message, the line without its newline
 LINE = PAYLOAD + 1
 SUB_LINE = 21 + LINE  # "%U " is 20 chars + space, then payload and newline
 TOPIC_FILTER = "telemetry/#"
+PROBE_TOPIC = "bench/probe/plant-1/t"
+"""A light publisher's topic during overload: outside ``TOPIC_FILTER``, so the loaded subscribers'
+counts and sequence numbers see none of it (and neither bridge forwards it)."""
 READY_TOPIC = "bench/ready"
 
 _PROCS: list[subprocess.Popen[bytes]] = []
@@ -370,11 +373,11 @@ class Sub:
     """``mosquitto_sub`` writing '<arrival ns> <payload>' per message to a file."""
 
     def __init__(self, work: Path, name: str, port: int, qos: int, *, retry: bool = False,
-                 ready: bool = True) -> None:
+                 ready: bool = True, topic: str = TOPIC_FILTER) -> None:
         self.path = work / f"sub-{name}.txt"
         self.port = port
         cid = f"bench-sub-{name}-{os.getpid()}"
-        cmd = (f"mosquitto_sub -h {HOST} -p {port} -q {qos} -i {cid} -t '{TOPIC_FILTER}' -t '{READY_TOPIC}' "
+        cmd = (f"mosquitto_sub -h {HOST} -p {port} -q {qos} -i {cid} -t '{topic}' -t '{READY_TOPIC}' "
                f"-F '%U %p'")
         if retry:  # the broker is not up yet: retry every 20 ms until it answers
             cmd = f"until {cmd}; do sleep 0.02; done"
@@ -524,10 +527,11 @@ def blast_files(work: Path, n_pubs: int, per_pub: int) -> list[Path]:
 class Paced:
     """One ``mosquitto_pub -l`` fed at a fixed rate by a thread; the send time is in each payload."""
 
-    def __init__(self, port: int, qos: int, rate: float, duration_s: float, *, pub_index: int = 0) -> None:
+    def __init__(self, port: int, qos: int, rate: float, duration_s: float, *, pub_index: int = 0,
+                 topic: str | None = None) -> None:
         self.rate, self.duration = rate, duration_s
         self.proc = spawn(["mosquitto_pub", "-h", HOST, "-p", str(port), "-q", str(qos), "-l",
-                           "-i", f"bench-paced-{os.getpid()}", "-t", topic_of(pub_index)],
+                           "-i", f"bench-paced-{os.getpid()}-{pub_index}", "-t", topic or topic_of(pub_index)],
                           stdin=subprocess.PIPE)
         self.sent = 0
         self.behind_max = 0

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import (
+    PROBE_TOPIC,
     Accepted,
     Blast,
     Paced,
@@ -46,6 +47,7 @@ class Params:
     drain_prefill: bool = False
     overload_s: float = 30.0
     overload_grace_s: float = 30.0
+    probe_rate: float = 50.0       # msg/s of the light publisher whose latency is "admitted latency"
     idle_connections: int = 2_000
 
 
@@ -304,9 +306,15 @@ def run_overload(kind: str, work: Path, *, rate: float, p: Params) -> dict[str, 
     """Scenario 5: QoS 0 offered at a fixed rate (2x edgemq's ingest capacity) for a bounded time."""
     with make_topology(kind, work).start() as topo:
         subs = {"edge": Sub(work, "edge", topo.edge_port, 0), "cloud": Sub(work, "cloud", topo.cloud_port, 1)}
+        # Latency of admitted messages: a second, light publisher on its own connection and topic.
+        # Its socket is never backed up, so the broker reads each of its messages as it comes and
+        # send -> delivery is what the broker adds while overloaded; the loaded publisher's
+        # latency also counts the time its messages wait in its own client and socket (pushback).
+        probe_sub = Sub(work, "probe", topo.edge_port, 0, topic=PROBE_TOPIC)
         samples = []
         t0 = time.monotonic()
         pub = Paced(topo.edge_port, 0, rate, p.overload_s)
+        probe = Paced(topo.edge_port, 0, p.probe_rate, p.overload_s, pub_index=1, topic=PROBE_TOPIC)
         pub_ps = None
         try:
             import psutil
@@ -328,7 +336,8 @@ def run_overload(kind: str, work: Path, *, rate: float, p: Params) -> dict[str, 
             final_stats = topo.stats()
         finally:
             pub.close()
-            for s in subs.values():
+            probe.close()
+            for s in (*subs.values(), probe_sub):
                 s.close()
     res: dict[str, Any] = {"offered": rate, "duration_s": p.overload_s, "sent": pub.sent,
                            "publisher_blocked_s": pub.blocked_s, "samples": samples}
@@ -341,6 +350,9 @@ def run_overload(kind: str, work: Path, *, rate: float, p: Params) -> dict[str, 
         res[at] = latency_stats(arr, pub.sent, rate, p.warmup_s)
         res[at]["received"] = len(arr)
         res[at]["received_during_load"] = in_phase[-1][f"{at}_rx"] if in_phase else 0
+    res["probe"] = latency_stats(probe_sub.arrivals(), probe.sent, p.probe_rate, p.warmup_s)
+    res["probe"]["received"] = len(probe_sub.arrivals())
+    res["probe"]["rate"] = p.probe_rate
     if final_stats.get("buffer"):
         b = final_stats["buffer"]
         res["edgemq_buffer"] = {k: b.get(k) for k in ("depth_messages", "dropped", "peak_depth_messages")}

@@ -11,6 +11,10 @@ connections read through ``broker.guard.GuardedReader``:
 * ``accept_publish`` returns what the PUBACK must wait for (the buffer's group commit,
   or nothing); ``AckQueue`` sends the PUBACKs in PUBLISH order once their commits are
   done, all PUBACKs released in one loop turn as one write;
+* a reader hands the loop on every ``FAIR_SHARE`` packets: its stream's reads do not suspend
+  while data is buffered, so a flooding client would otherwise hold every other client's
+  messages for as long as its buffer lasts (amqtt's reader yields at every packet through
+  ``asyncio.wait_for``; ``tests/protocol/test_fairness.py``);
 * local deliveries (``deliver``, QoS 0 to 2) are encoded here and written through the connection's
   ``Outbox``, which coalesces one loop turn's packets into one write; outgoing QoS 1
   messages stay in the session's ``inflight_out`` until the subscriber's PUBACK (read
@@ -67,6 +71,12 @@ __all__ = ["AckQueue", "FastPathHandler", "Outbox", "SentOutgoing"]
 log = logging.getLogger(__name__)
 
 _DEFAULT_LIMITS = BrokerLimits()
+
+FAIR_SHARE = 64
+"""Packets one connection's reader handles before it lets the event loop run others. Its socket
+reads do not suspend while the stream holds data (up to ~128 KiB, ~1,200 small PUBLISHes), so a
+flooding client held the loop for ~30 ms a turn and every other client's messages waited that
+long (overload scenario, BENCHMARKS.md §5). 64 PUBLISHes are ~2 ms of work."""
 
 MAX_PENDING_ACKS = 1000
 """PUBACKs one connection may have waiting for commits before its reader waits (backpressure)."""
@@ -391,8 +401,13 @@ class FastPathHandler(QoS2Outgoing):
         fire = MQTTEvents.PACKET_RECEIVED in events
         # A plugin that listens for messages gets them the way amqtt fires them.
         slow = fire or any(e in events for e in (BrokerEvents.MESSAGE_RECEIVED, BrokerEvents.MESSAGE_BROADCAST))
+        turn = 0  # packets handled since this reader last let the loop run others
         try:
             while True:
+                if turn >= FAIR_SHARE:
+                    turn = 0
+                    await asyncio.sleep(0)
+                turn += 1
                 packet = await guard.next_packet()
                 if packet is None:
                     break
