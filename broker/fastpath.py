@@ -76,7 +76,10 @@ FAIR_SHARE = 64
 """Packets one connection's reader handles before it lets the event loop run others. Its socket
 reads do not suspend while the stream holds data (up to ~128 KiB, ~1,200 small PUBLISHes), so a
 flooding client held the loop for ~30 ms a turn and every other client's messages waited that
-long (overload scenario, BENCHMARKS.md §5). 64 PUBLISHes are ~2 ms of work."""
+long (overload scenario, BENCHMARKS.md §5). 64 PUBLISHes are ~2 ms of work. Counted from the
+last read that emptied the stream (``GuardedReader.drained``): a client that sends in bursts
+waits for the loop after each anyway, and an extra turn in the middle of a burst split its
+group commit (one publisher end to end: 10.8-12.5k -> 8.5-8.7k msg/s when counted regardless)."""
 
 MAX_PENDING_ACKS = 1000
 """PUBACKs one connection may have waiting for commits before its reader waits (backpressure)."""
@@ -402,9 +405,12 @@ class FastPathHandler(QoS2Outgoing):
         # A plugin that listens for messages gets them the way amqtt fires them.
         slow = fire or any(e in events for e in (BrokerEvents.MESSAGE_RECEIVED, BrokerEvents.MESSAGE_BROADCAST))
         turn = 0  # packets handled since this reader last let the loop run others
+        drained = guard.drained
         try:
             while True:
-                if turn >= FAIR_SHARE:
+                if guard.drained != drained:  # its last read emptied the stream: the next one waits
+                    drained, turn = guard.drained, 0
+                elif turn >= FAIR_SHARE:
                     turn = 0
                     await asyncio.sleep(0)
                 turn += 1

@@ -93,6 +93,9 @@ class GuardedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt ships no type
         self._last_packet = self._loop.time()
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None
+        #: Socket reads that emptied the stream (shorter than a chunk): the next read waits for
+        #: the loop, so the reader has let others run. ``broker.fastpath`` takes turns by it.
+        self.drained = 0
         self._arm()
 
     # -- amqtt's side -------------------------------------------------------------
@@ -200,6 +203,8 @@ class GuardedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt ships no type
         if not chunk or self._closed:
             self._close()
             raise _Closed
+        if len(chunk) < _CHUNK:
+            self.drained += 1
         self._buf += chunk
 
     def _violation(self, v: Violation) -> NoReturn:
