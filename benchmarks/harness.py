@@ -354,6 +354,34 @@ class MosquittoTopology(Topology):
             self.cloud = None
 
 
+@dataclass
+class StockAmqttTopology(Topology):
+    """Stock amqtt 0.12.1 alone (``tests/protocol/stock_amqtt.py``: ``amqtt.broker.Broker``, none of
+    our overrides), the subscriber on the same broker: the pass-through issue 9 compares against."""
+
+    #: ``True``: amqtt's own ``amqtt`` command with its packaged ``default_broker.yaml`` (event and
+    #: packet logger plugins, ``$SYS`` every 20 s), as a new user runs it, bound to 127.0.0.1.
+    defaults: bool = False
+
+    def start(self, cloud: bool = True) -> Topology:
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.cloud_port = self.edge_port
+        if self.defaults:
+            import amqtt.scripts
+
+            conf = (Path(amqtt.scripts.__file__).parent / "default_broker.yaml").read_text()
+            assert "bind: 0.0.0.0:1883" in conf, "amqtt's default_broker.yaml changed"
+            path = self.work / "amqtt-default.yaml"
+            path.write_text(conf.replace("bind: 0.0.0.0:1883", f"bind: {HOST}:{self.edge_port}"))
+            cmd = [str(Path(sys.executable).parent / "amqtt"), "-c", str(path)]
+        else:
+            cmd = [sys.executable, "-m", "tests.protocol.stock_amqtt", str(self.edge_port)]
+        self.edge = spawn(cmd, log=self.work / "edge.log", env={"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+        if not wait_port(self.edge_port):
+            raise RuntimeError("stock amqtt did not start")
+        return self
+
+
 def make_topology(kind: str, work: Path, **kw: Any) -> Topology:
     if kind == "edgemq":
         return EdgemqTopology(kind, work, **kw)
@@ -365,6 +393,10 @@ def make_topology(kind: str, work: Path, **kw: Any) -> Topology:
         return MosquittoTopology(kind, work, persist_edge=True, **kw)
     if kind == "loadgen":
         return MosquittoTopology(kind, work, bridged=False, **kw)
+    if kind == "amqtt-stock":
+        return StockAmqttTopology(kind, work, **kw)
+    if kind == "amqtt-default":
+        return StockAmqttTopology(kind, work, defaults=True, **kw)
     raise ValueError(kind)
 
 

@@ -64,7 +64,7 @@ def one_line(rec: dict[str, Any]) -> str:
         return "ERROR " + rec["error"][:120]
     r = rec.get("result") or {}
     s = rec["scenario"]
-    if s in ("loadgen", "ingest", "e2e", "calibrate"):
+    if s in ("loadgen", "passthrough", "ingest", "e2e", "calibrate"):
         return (f"{r.get('msg_per_s', 0):,.0f} msg/s (accepted {fmt(r.get('accepted_msg_per_s'))}), "
                 f"received {r.get('received')}, edge {r.get('edge_cpu_us_per_msg', 0):.0f} us/msg")
     if s in ("latency", "cpu"):
@@ -246,6 +246,21 @@ def section(data: dict[str, Any]) -> str:
             out.append(f"| {case} | {fmt(m(g, 'loadgen', case, 'loadgen', 'msg_per_s'))} | "
                        f"{n_reps(g, 'loadgen', case, 'loadgen')} |")
         out += ["", "A broker figure close to this ceiling is limited by the clients, not by the broker.", ""]
+    if any(r["scenario"] == "passthrough" for r in data["runs"]):
+        out += ["### Stock amqtt 0.12.1 pass-through (one broker, subscriber on the same broker)", "",
+                "| case | configuration | msg/s | broker CPU µs/msg | reps |", "| --- | --- | ---: | ---: | ---: |"]
+        for case in cases_of(data, "passthrough"):
+            for kind, how in (("amqtt-default", "packaged defaults (`amqtt -c default_broker.yaml`)"),
+                              ("amqtt-stock", "our minimal plugins (`tests/protocol/stock_amqtt.py`)")):
+                if m(g, "passthrough", case, kind, "msg_per_s") is None:
+                    continue
+                out.append(f"| {case} | {how} | {fmt(m(g, 'passthrough', case, kind, 'msg_per_s'))} | "
+                           f"{fmt(m(g, 'passthrough', case, kind, 'edge_cpu_us_per_msg'))} | "
+                           f"{n_reps(g, 'passthrough', case, kind)} |")
+        out += ["", "Stock `amqtt.broker.Broker`, none of our overrides: with amqtt's own `default_broker.yaml` "
+                "(event and packet logger plugins, anonymous access, `$SYS` every 20 s; bound to 127.0.0.1) as "
+                "issue 9 measured it, and with our listener and plugin settings (anonymous access only); "
+                "`mosquitto_pub -l` → broker → `mosquitto_sub`, QoS 1, measured as *ingest*.", ""]
     blocks = [
         ("ingest", "1. Edge ingest (publisher → edge broker → local subscriber)", [
             ("msg/s delivered to the local subscriber", "msg_per_s", ""),
@@ -366,6 +381,15 @@ def targets(data: dict[str, Any], g: Groups) -> list[str]:
             rows.append((f"e2e QoS 1 edge→cloud ({needle}): ≥ 0.5 × Mosquitto bridge",
                          f"{fmt(e)} vs {fmt(q)} msg/s = {ratio(e, q)} ×",
                          verdict(None if e is None or not q else e / q >= 0.5)))
+    c, s1 = _first(data, "e2e", "1 publisher"), _first(data, "passthrough", "1 publisher")
+    for kind, how in (("amqtt-default", "its packaged defaults, as a new user runs it"),
+                      ("amqtt-stock", "our minimal plugin settings")):
+        a = m(g, "passthrough", s1, kind, "msg_per_s") if s1 else None
+        if c and a is not None:
+            e = m(g, "e2e", c, "edgemq", "msg_per_s")
+            rows.append((f"e2e QoS 1 edge→cloud (1 publisher): ≥ 10 × stock amqtt 0.12.1 pass-through ({how})",
+                         f"{fmt(e)} vs {fmt(a)} msg/s = {ratio(e, a)} ×",
+                         verdict(None if e is None or not a else e / a >= 10)))
     c = _first(data, "latency", "1,000")
     if c:
         e = m(g, "latency", c, "edgemq", "edge.p99_ms")

@@ -6,6 +6,8 @@ also for ``edgemq-mosq``: our edge node with Mosquitto as the cloud, i.e. the sa
 as Mosquitto's bridge, so the edge node alone is compared):
 
   loadgen  the load generator against one Mosquitto alone (its own ceiling)
+  passthrough  stock amqtt 0.12.1 alone, QoS 1, 1 publisher -> 1 subscriber (the "10x stock" target):
+           with its packaged defaults (`amqtt` command) and with our minimal plugin settings
   ingest   edge ingest, QoS 0/1, 1/100 publishers, 100-byte payloads (local subscriber)
   e2e      edge -> cloud QoS 1 with the durable buffer (cloud subscriber)
   latency  p50/p99/p99.9 at fixed offered rates (edge and cloud subscribers)
@@ -64,6 +66,8 @@ def cases(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any], tupl
     for q, n in blast:
         out.append(("ingest", f"QoS {q}, {n} publisher{'s' if n > 1 else ''}",
                     {"qos": q, "n_pubs": n, "at": "edge"}, KINDS))
+    out.append(("passthrough", "QoS 1, 1 publisher", {"qos": 1, "n_pubs": 1, "at": "edge"},
+                ("amqtt-default", "amqtt-stock")))
     for n in (1, 100):
         out.append(("e2e", f"QoS 1, {n} publisher{'s' if n > 1 else ''}",
                     {"qos": 1, "n_pubs": n, "at": "cloud"}, EDGE_KINDS))
@@ -155,7 +159,7 @@ class BenchProgress:
 
 
 def run_one(scenario: str, kind: str, work: Path, kw: dict[str, Any], p: sc.Params) -> dict[str, Any]:
-    if scenario in ("loadgen", "ingest", "e2e", "calibrate"):
+    if scenario in ("loadgen", "passthrough", "ingest", "e2e", "calibrate"):
         return sc.run_blast(kind, work, p=p, **kw)
     if scenario in ("latency", "cpu"):
         return sc.run_paced(kind, work, p=p, **kw)
@@ -296,7 +300,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, sc.Params]
                     help="2-3 minute smoke: 1 rep, short windows, small counts; "
                     "writes results/quick/, not BENCHMARKS.md")
     ap.add_argument("--reps", type=int, default=None, help="repetitions of each measured case (default 2)")
-    ap.add_argument("--only", default="loadgen,ingest,e2e,latency,cpu,drain,kill,overload,idle")
+    ap.add_argument("--only", default="loadgen,passthrough,ingest,e2e,latency,cpu,drain,kill,overload,idle")
     ap.add_argument("--big", action="store_true", help="drain 1,000,000 messages (edgemq's backlog written straight "
                     "into its buffer file) and hold 10,000 idle connections")
     ap.add_argument("--drain-messages", type=int, default=None)
