@@ -355,6 +355,17 @@ class MosquittoTopology(Topology):
 
 
 @dataclass
+class EdgemqAloneTopology(EdgemqTopology):
+    """edgemq's broker alone: ``edgemq broker cloud`` (amqtt with our broker layer; no buffer, no
+    bridge), the subscriber on the same broker, to set beside stock amqtt's pass-through."""
+
+    def start(self, cloud: bool = True) -> Topology:
+        self.start_cloud()
+        self.edge, self.cloud, self.edge_port = self.cloud, None, self.cloud_port
+        return self
+
+
+@dataclass
 class StockAmqttTopology(Topology):
     """Stock amqtt 0.12.1 alone (``tests/protocol/stock_amqtt.py``: ``amqtt.broker.Broker``, none of
     our overrides), the subscriber on the same broker: the pass-through issue 9 compares against."""
@@ -395,6 +406,8 @@ def make_topology(kind: str, work: Path, **kw: Any) -> Topology:
         return MosquittoTopology(kind, work, bridged=False, **kw)
     if kind == "amqtt-stock":
         return StockAmqttTopology(kind, work, **kw)
+    if kind == "edgemq-alone":
+        return EdgemqAloneTopology(kind, work, **kw)
     if kind == "amqtt-default":
         return StockAmqttTopology(kind, work, defaults=True, **kw)
     raise ValueError(kind)

@@ -7,7 +7,8 @@ as Mosquitto's bridge, so the edge node alone is compared):
 
   loadgen  the load generator against one Mosquitto alone (its own ceiling)
   passthrough  stock amqtt 0.12.1 alone, QoS 1, 1 publisher -> 1 subscriber (the "10x stock" target):
-           with its packaged defaults (`amqtt` command) and with our minimal plugin settings
+           with its packaged defaults (`amqtt` command) and with our minimal plugin settings;
+           and edgemq's broker alone (`edgemq broker cloud`: our broker layer, no buffer or bridge)
   ingest   edge ingest, QoS 0/1, 1/100 publishers, 100-byte payloads (local subscriber)
   e2e      edge -> cloud QoS 1 with the durable buffer (cloud subscriber)
   latency  p50/p99/p99.9 at fixed offered rates (edge and cloud subscribers)
@@ -67,7 +68,7 @@ def cases(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any], tupl
         out.append(("ingest", f"QoS {q}, {n} publisher{'s' if n > 1 else ''}",
                     {"qos": q, "n_pubs": n, "at": "edge"}, KINDS))
     out.append(("passthrough", "QoS 1, 1 publisher", {"qos": 1, "n_pubs": 1, "at": "edge"},
-                ("amqtt-default", "amqtt-stock")))
+                ("amqtt-default", "amqtt-stock", "edgemq-alone")))
     for n in (1, 100):
         out.append(("e2e", f"QoS 1, {n} publisher{'s' if n > 1 else ''}",
                     {"qos": 1, "n_pubs": n, "at": "cloud"}, EDGE_KINDS))
