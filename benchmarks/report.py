@@ -67,7 +67,7 @@ def one_line(rec: dict[str, Any]) -> str:
     if s in ("loadgen", "passthrough", "ingest", "e2e", "calibrate"):
         return (f"{r.get('msg_per_s', 0):,.0f} msg/s (accepted {fmt(r.get('accepted_msg_per_s'))}), "
                 f"received {r.get('received')}, edge {r.get('edge_cpu_us_per_msg', 0):.0f} us/msg")
-    if s in ("latency", "cpu"):
+    if s in ("latency", "cpu", "cpualone"):
         parts = [f"{at} p50 {fmt(get(r, at + '.p50_ms'))} p99 {fmt(get(r, at + '.p99_ms'))} ms "
                  f"miss {get(r, at + '.missing')}" for at in ("edge", "cloud") if at in r]
         return "; ".join(parts) + f"; edge {r.get('edge_cpu_us_per_msg', 0):.0f} us/msg"
@@ -316,6 +316,20 @@ def section(data: dict[str, Any]) -> str:
         out += [f"### {title}", "", *table(g, scenario, cs, metrics), ""]
         if scenario == "cpu":
             out += cpu_sum(g, cs)
+            alone = cases_of(data, "cpualone")
+            if alone:
+                out += ["CPU per message of **one broker alone** at the same fixed rate (publisher → broker → "
+                        "local QoS 1 subscriber; no buffer, no bridge, no cloud): what the broker part of the "
+                        "edge node costs by itself.", "",
+                        "| case | edgemq broker alone | Mosquitto alone | stock amqtt 0.12.1 | reps |",
+                        "| --- | ---: | ---: | ---: | ---: |"]
+                for case in alone:
+                    vals = [m(g, "cpualone", case, k, "edge_cpu_us_per_msg")
+                            for k in ("edgemq-alone", "loadgen", "amqtt-stock")]
+                    reps = "/".join(str(n_reps(g, "cpualone", case, k))
+                                    for k in ("edgemq-alone", "loadgen", "amqtt-stock"))
+                    out.append(f"| {case} | {' | '.join(fmt(v, ' µs') for v in vals)} | {reps} |")
+                out.append("")
         if scenario == "drain":
             kc = cases_of(data, "kill")
             if kc:

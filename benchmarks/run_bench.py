@@ -9,6 +9,9 @@ as Mosquitto's bridge, so the edge node alone is compared):
   passthrough  stock amqtt 0.12.1 alone, QoS 1, 1 publisher -> 1 subscriber (the "10x stock" target):
            with its packaged defaults (`amqtt` command) and with our minimal plugin settings;
            and edgemq's broker alone (`edgemq broker cloud`: our broker layer, no buffer or bridge)
+  cpualone  CPU per message at the fixed rate of one broker alone (edgemq's, Mosquitto, stock amqtt),
+           publisher -> broker -> local QoS 1 subscriber: the part of the edge node's figure with no
+           buffer and no bridge
   ingest   edge ingest, QoS 0/1, 1/100 publishers, 100-byte payloads (local subscriber)
   e2e      edge -> cloud QoS 1 with the durable buffer (cloud subscriber)
   latency  p50/p99/p99.9 at fixed offered rates (edge and cloud subscribers)
@@ -76,6 +79,9 @@ def cases(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any], tupl
         out.append(("latency", f"{r:,} msg/s QoS 1", {"rate": r, "qos": 1, "subs_at": ("edge", "cloud")}, KINDS))
     for r in args.cpu_rates:
         out.append(("cpu", f"{r:,} msg/s QoS 1", {"rate": r, "qos": 1, "subs_at": ("cloud",)}, KINDS))
+    for r in args.cpu_rates:
+        out.append(("cpualone", f"{r:,} msg/s QoS 1", {"rate": r, "qos": 1, "subs_at": ("edge",)},
+                    ("edgemq-alone", "loadgen", "amqtt-stock")))
     return [c for c in out if c[0] in args.only]
 
 
@@ -162,7 +168,7 @@ class BenchProgress:
 def run_one(scenario: str, kind: str, work: Path, kw: dict[str, Any], p: sc.Params) -> dict[str, Any]:
     if scenario in ("loadgen", "passthrough", "ingest", "e2e", "calibrate"):
         return sc.run_blast(kind, work, p=p, **kw)
-    if scenario in ("latency", "cpu"):
+    if scenario in ("latency", "cpu", "cpualone"):
         return sc.run_paced(kind, work, p=p, **kw)
     if scenario == "drain":
         return sc.run_drain(kind, work, p=p)
@@ -301,7 +307,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, sc.Params]
                     help="2-3 minute smoke: 1 rep, short windows, small counts; "
                     "writes results/quick/, not BENCHMARKS.md")
     ap.add_argument("--reps", type=int, default=None, help="repetitions of each measured case (default 2)")
-    ap.add_argument("--only", default="loadgen,passthrough,ingest,e2e,latency,cpu,drain,kill,overload,idle")
+    ap.add_argument("--only", default="loadgen,passthrough,ingest,e2e,latency,cpu,cpualone,drain,kill,overload,idle")
     ap.add_argument("--big", action="store_true", help="drain 1,000,000 messages (edgemq's backlog written straight "
                     "into its buffer file) and hold 10,000 idle connections")
     ap.add_argument("--drain-messages", type=int, default=None)
