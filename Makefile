@@ -35,6 +35,7 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 ## cluster-up: cloud broker + site plant-1 (3 edge brokers), supervised; DEVICES=200 adds a fleet

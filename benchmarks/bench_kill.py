@@ -76,8 +76,9 @@ class Publishers:
         return {self._mids[i][mid] for i, acked in enumerate(snapshot) for mid in acked if mid in self._mids[i]}
 
 
-def run_kill(kind: str, work: Path, *, rate: float = 1000.0, load_s: float = 6.0, outage: bool = False,
-             publishers: int = 4) -> dict[str, Any]:
+def run_kill(
+    kind: str, work: Path, *, rate: float = 1000.0, load_s: float = 6.0, outage: bool = False, publishers: int = 4
+) -> dict[str, Any]:
     topo = make_topology(kind, work).start(cloud=not outage)
     try:
         sub = Sub(work, "cloud", topo.cloud_port, 1, retry=outage, ready=not outage)
@@ -112,7 +113,14 @@ def run_kill(kind: str, work: Path, *, rate: float = 1000.0, load_s: float = 6.0
     arrivals = sub.arrivals()
     got = {a[1] for a in arrivals}
     arrived = len(acked & got)
-    return {"sent": sent, "acked_before_kill": len(acked), "acked_arrived": arrived,
-            "acked_lost": len(acked) - arrived, "lost_pct": 100.0 * (len(acked) - arrived) / max(1, len(acked)),
-            "received": len(arrivals), "duplicates": len(arrivals) - len(got), "outage": outage,
-            "edge_cpu_s_after_restart": cpu}
+    return {
+        "sent": sent,
+        "acked_before_kill": len(acked),
+        "acked_arrived": arrived,
+        "acked_lost": len(acked) - arrived,
+        "lost_pct": 100.0 * (len(acked) - arrived) / max(1, len(acked)),
+        "received": len(arrivals),
+        "duplicates": len(arrivals) - len(got),
+        "outage": outage,
+        "edge_cpu_s_after_restart": cpu,
+    }

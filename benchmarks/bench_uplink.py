@@ -45,8 +45,9 @@ def main() -> None:
         raw = None if args.no_profile else RESULTS / f"uplink-drain-{cloud}{args.tag}.txt"
         try:
             load0 = os.getloadavg()
-            res = sc.run_drain(kind, work / kind, p=p, profile=raw,
-                               topo_kw={"inflight": args.inflight, "protocol": args.protocol})
+            res = sc.run_drain(
+                kind, work / kind, p=p, profile=raw, topo_kw={"inflight": args.inflight, "protocol": args.protocol}
+            )
             res.pop("timeline", None)
             res["loadavg"] = [load0, os.getloadavg()]
             res["inflight"], res["protocol"] = args.inflight, args.protocol
@@ -54,9 +55,11 @@ def main() -> None:
             harness.stop_all()
             shutil.rmtree(work, ignore_errors=True)
         out[cloud] = res
-        print(f"{cloud}: received {res.get('received')}/{res.get('filled')} "
-              f"drain {res.get('drain_msg_per_s', 0):,.0f} msg/s, "
-              f"edge CPU {res.get('edge_cpu_us_per_msg', 0):,.0f} us/msg, load {res['loadavg']}")
+        print(
+            f"{cloud}: received {res.get('received')}/{res.get('filled')} "
+            f"drain {res.get('drain_msg_per_s', 0):,.0f} msg/s, "
+            f"edge CPU {res.get('edge_cpu_us_per_msg', 0):,.0f} us/msg, load {res['loadavg']}"
+        )
         if raw is not None and raw.exists():
             summary = analyse(raw, top=25)
             res["profile"] = summary

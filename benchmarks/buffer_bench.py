@@ -109,16 +109,24 @@ def main() -> None:
     ap.add_argument("--producers", type=int, default=500)
     ap.add_argument("--dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--report", action="store_true",
-                    help=f"write {RESULTS.name} beside the other results and the buffer section of BENCHMARKS.md")
+    ap.add_argument(
+        "--report",
+        action="store_true",
+        help=f"write {RESULTS.name} beside the other results and the buffer section of BENCHMARKS.md",
+    )
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="edgemq-bench-", dir=args.dir or Path.cwd()))
     recs = records(args.count, args.payload)
     results: dict[str, Any] = {
         "method": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version, "os": platform.platform(),
-                    "nproc": os.cpu_count(), "loadavg_start": [round(x, 2) for x in os.getloadavg()]},
+        "machine": {
+            "python": platform.python_version(),
+            "sqlite": sqlite3.sqlite_version,
+            "os": platform.platform(),
+            "nproc": os.cpu_count(),
+            "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        },
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "modes": {},
     }

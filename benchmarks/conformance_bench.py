@@ -115,8 +115,10 @@ def idle_memory(kind: str, tmp: Path, counts: list[int], cycle: int) -> dict[str
             socks += open_idle(proc.port, n - len(socks), f"{kind}-{n}")
             rss = settle_rss(proc)
             row[n] = rss
-            print(f"{kind}: {n} idle connections: RSS {rss / MiB:.1f} MiB ({(rss - base) / n / 1024:.1f} KiB each)",
-                  flush=True)
+            print(
+                f"{kind}: {n} idle connections: RSS {rss / MiB:.1f} MiB ({(rss - base) / n / 1024:.1f} KiB each)",
+                flush=True,
+            )
         close_all(socks)
         row["closed_all"] = settle_rss(proc, 5)
         # Memory returned? Open and close ``cycle`` connections on a broker at its new level.
@@ -124,8 +126,11 @@ def idle_memory(kind: str, tmp: Path, counts: list[int], cycle: int) -> dict[str
         socks = open_idle(proc.port, cycle, f"{kind}-cycle")
         close_all(socks)
         row["cycle_before"], row["cycle_after"] = before, settle_rss(proc, 5)
-        print(f"{kind}: after closing all: {row['closed_all'] / MiB:.1f} MiB; {cycle} more opened and closed: "
-              f"{row['cycle_after'] / MiB:.1f} MiB", flush=True)
+        print(
+            f"{kind}: after closing all: {row['closed_all'] / MiB:.1f} MiB; {cycle} more opened and closed: "
+            f"{row['cycle_after'] / MiB:.1f} MiB",
+            flush=True,
+        )
         return row
     finally:
         proc.stop()
@@ -175,8 +180,9 @@ def latency_under_upload(kind: str, tmp: Path, limit: int, uploads: int, duratio
         # header too) at most ``limit`` bytes, so remaining length limit - 5.
         topic = b"big/upload"
         body_len = limit - 5 - 2 - len(topic)
-        packet = P.raw(P.PUBLISH << 4, P.string(topic) + os.urandom(1024) * (body_len // 1024) +
-                       b"x" * (body_len % 1024))
+        packet = P.raw(
+            P.PUBLISH << 4, P.string(topic) + os.urandom(1024) * (body_len // 1024) + b"x" * (body_len % 1024)
+        )
         sent_uploads = 0
         t1 = time.perf_counter()
 
@@ -208,28 +214,47 @@ def latency_under_upload(kind: str, tmp: Path, limit: int, uploads: int, duratio
         for w in (sub, pinger, up):
             w.close()
         return {
-            "kind": kind, "limit": limit, "uploads": sent_uploads, "upload_s": t2 - t1,
-            "base_p50": _pct(base, 0.5), "base_p99": _pct(base, 0.99),
-            "p50": _pct(during, 0.5), "p99": _pct(during, 0.99), "max": max(during, default=float("nan")),
-            "n": len(during), "rss_peak": proc.rss(), "sent_approx": sent_during,
+            "kind": kind,
+            "limit": limit,
+            "uploads": sent_uploads,
+            "upload_s": t2 - t1,
+            "base_p50": _pct(base, 0.5),
+            "base_p99": _pct(base, 0.99),
+            "p50": _pct(during, 0.5),
+            "p99": _pct(during, 0.99),
+            "max": max(during, default=float("nan")),
+            "n": len(during),
+            "rss_peak": proc.rss(),
+            "sent_approx": sent_during,
         }
     finally:
         proc.stop()
 
 
-def render(idle: list[dict[str, Any]], counts: list[int], cycle: int, lats: list[dict[str, Any]],
-           load: tuple[float, float, float], load_end: tuple[float, float, float]) -> str:
-    out = ["## Conformance: memory per idle connection, latency under a maximum-size upload (issue 5)", "",
-           f"`benchmarks/conformance_bench.py`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-           f"load average {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f} at start, "
-           f"{load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f} at the end ({os.cpu_count()} cores, shared). "
-           "Ours: `python -m edgemq broker cloud` with a minimal cluster file (one `EdgeBroker` process, "
-           "no uplink); Mosquitto 2.0.11 in the same run. RSS of the broker process (psutil). "
-           "Idle connections: raw CONNECT (clean session, keep-alive 0), CONNACK read, held open; "
-           "one client process.", "",
-           "| broker | RSS before | " + " | ".join(f"RSS at {n:,} idle (per conn.)" for n in counts)
-           + f" | all closed | after {cycle:,} more opened+closed |",
-           "|---|---|" + "---|" * len(counts) + "---|---|"]
+def render(
+    idle: list[dict[str, Any]],
+    counts: list[int],
+    cycle: int,
+    lats: list[dict[str, Any]],
+    load: tuple[float, float, float],
+    load_end: tuple[float, float, float],
+) -> str:
+    out = [
+        "## Conformance: memory per idle connection, latency under a maximum-size upload (issue 5)",
+        "",
+        f"`benchmarks/conformance_bench.py`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"load average {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f} at start, "
+        f"{load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f} at the end ({os.cpu_count()} cores, shared). "
+        "Ours: `python -m edgemq broker cloud` with a minimal cluster file (one `EdgeBroker` process, "
+        "no uplink); Mosquitto 2.0.11 in the same run. RSS of the broker process (psutil). "
+        "Idle connections: raw CONNECT (clean session, keep-alive 0), CONNACK read, held open; "
+        "one client process.",
+        "",
+        "| broker | RSS before | "
+        + " | ".join(f"RSS at {n:,} idle (per conn.)" for n in counts)
+        + f" | all closed | after {cycle:,} more opened+closed |",
+        "|---|---|" + "---|" * len(counts) + "---|---|",
+    ]
     for r in idle:
         cells = [f"{r['base'] / MiB:.1f} MiB"]
         cells += [f"{r[n] / MiB:.1f} MiB ({(r[n] - r['base']) / n / 1024:.1f} KiB)" for n in counts]
@@ -238,25 +263,32 @@ def render(idle: list[dict[str, Any]], counts: list[int], cycle: int, lats: list
     for r in idle:
         top = max(counts)
         out.append("")
-        out.append(f"{r['kind']}: closing all {top:,} connections changed RSS by "
-                   f"{(r['closed_all'] - r[top]) / MiB:+.1f} MiB (they had added "
-                   f"{(r[top] - r['base']) / MiB:.1f} MiB); {cycle:,} more opened and closed after "
-                   f"that moved RSS by {(r['cycle_after'] - r['cycle_before']) / MiB:+.1f} MiB "
-                   "(freed memory is kept by the process and reused, not returned).")
+        out.append(
+            f"{r['kind']}: closing all {top:,} connections changed RSS by "
+            f"{(r['closed_all'] - r[top]) / MiB:+.1f} MiB (they had added "
+            f"{(r[top] - r['base']) / MiB:.1f} MiB); {cycle:,} more opened and closed after "
+            f"that moved RSS by {(r['cycle_after'] - r['cycle_before']) / MiB:+.1f} MiB "
+            "(freed memory is kept by the process and reused, not returned)."
+        )
     out += ["", IDLE_HISTORY]
-    out += ["", "Publish latency (QoS 0, one publisher every 10 ms to one subscriber, other clients) "
-            "while a third client uploads QoS 0 PUBLISHes of `max_packet_size` bytes (whole packet) back to back "
-            "(no subscriber for them) until the broker has read them all (a PINGRESP after the last); "
-            "baseline = the same pings just before, without uploads.", "",
-            "| broker | max_packet_size | uploads | upload time | baseline p50 / p99 | during upload p50 / p99 / max "
-            "| pings seen during | broker RSS after |",
-            "|---|---|---|---|---|---|---|---|"]
+    out += [
+        "",
+        "Publish latency (QoS 0, one publisher every 10 ms to one subscriber, other clients) "
+        "while a third client uploads QoS 0 PUBLISHes of `max_packet_size` bytes (whole packet) back to back "
+        "(no subscriber for them) until the broker has read them all (a PINGRESP after the last); "
+        "baseline = the same pings just before, without uploads.",
+        "",
+        "| broker | max_packet_size | uploads | upload time | baseline p50 / p99 | during upload p50 / p99 / max "
+        "| pings seen during | broker RSS after |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in lats:
         out.append(
             f"| {r['kind']} | {r['limit'] // MiB} MiB | {r['uploads']} | {r['upload_s']:.2f} s | "
             f"{r['base_p50'] * 1e3:.2f} / {r['base_p99'] * 1e3:.2f} ms | "
             f"{r['p50'] * 1e3:.2f} / {r['p99'] * 1e3:.2f} / {r['max'] * 1e3:.1f} ms | {r['n']} | "
-            f"{r['rss_peak'] / MiB:.0f} MiB |")
+            f"{r['rss_peak'] / MiB:.0f} MiB |"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -281,8 +313,11 @@ def main() -> None:
         uploads = args.uploads or max(8, 256 // mib)
         for kind in KINDS:
             r = latency_under_upload(kind, tmp, mib * MiB, uploads, args.duration)
-            print(f"{kind} {mib} MiB x{r['uploads']}: p50 {r['p50'] * 1e3:.2f} ms p99 {r['p99'] * 1e3:.2f} ms "
-                  f"max {r['max'] * 1e3:.1f} ms (baseline p99 {r['base_p99'] * 1e3:.2f} ms)", flush=True)
+            print(
+                f"{kind} {mib} MiB x{r['uploads']}: p50 {r['p50'] * 1e3:.2f} ms p99 {r['p99'] * 1e3:.2f} ms "
+                f"max {r['max'] * 1e3:.1f} ms (baseline p99 {r['base_p99'] * 1e3:.2f} ms)",
+                flush=True,
+            )
             lats.append(r)
     text = render(idle, counts, args.cycle, lats, load, os.getloadavg())
     print(text)

@@ -65,8 +65,15 @@ _GROUPS: list[subprocess.Popen[bytes]] = []
 
 
 # ---- processes ------------------------------------------------------------------------------
-def spawn(args: list[str], *, log: Path | None = None, stdout: Any = None, stdin: Any = None,
-          env: dict[str, str] | None = None, group: bool = False) -> subprocess.Popen[bytes]:
+def spawn(
+    args: list[str],
+    *,
+    log: Path | None = None,
+    stdout: Any = None,
+    stdin: Any = None,
+    env: dict[str, str] | None = None,
+    group: bool = False,
+) -> subprocess.Popen[bytes]:
     """Start a process and remember it for :func:`stop_all`."""
     out = stdout
     fh = None
@@ -74,9 +81,12 @@ def spawn(args: list[str], *, log: Path | None = None, stdout: Any = None, stdin
         fh = open(log, "ab")  # noqa: SIM115 - owned by the child
         out = fh
     p = subprocess.Popen(
-        args, stdout=out if out is not None else subprocess.DEVNULL,
+        args,
+        stdout=out if out is not None else subprocess.DEVNULL,
         stderr=subprocess.STDOUT if fh is not None else subprocess.DEVNULL,
-        stdin=stdin, env={**os.environ, **(env or {})}, start_new_session=group,
+        stdin=stdin,
+        env={**os.environ, **(env or {})},
+        start_new_session=group,
     )
     if fh is not None:
         fh.close()
@@ -252,13 +262,18 @@ class EdgemqTopology(Topology):
     def __post_init__(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
         embedded = self.cloud_kind == "amqtt"
-        cfg = ClusterConfig.model_validate({
-            "run_dir": str(self.work / "run"),
-            "cloud": {"embedded": embedded, "host": HOST, "port": self.cloud_port, "protocol": self.protocol},
-            "sites": [{"id": "plant-1", "brokers": [{"id": "a1", "host": HOST, "port": self.edge_port}]}],
-            "bridge": {"reconnect_min_s": 0.2, "reconnect_max_s": 2.0,
-                       **({"inflight": self.inflight} if self.inflight else {})},
-        })
+        cfg = ClusterConfig.model_validate(
+            {
+                "run_dir": str(self.work / "run"),
+                "cloud": {"embedded": embedded, "host": HOST, "port": self.cloud_port, "protocol": self.protocol},
+                "sites": [{"id": "plant-1", "brokers": [{"id": "a1", "host": HOST, "port": self.edge_port}]}],
+                "bridge": {
+                    "reconnect_min_s": 0.2,
+                    "reconnect_max_s": 2.0,
+                    **({"inflight": self.inflight} if self.inflight else {}),
+                },
+            }
+        )
         self.config = self.work / "cluster.toml"
         self.config.write_text(cluster_toml(cfg))
         self.stats_file = self.work / "run" / "stats" / "plant-1.a1.json"
@@ -269,9 +284,21 @@ class EdgemqTopology(Topology):
         # with the defaults (a queue of 1,000) a QoS 1 subscriber that falls behind loses the
         # oldest messages, counted as dropped_out, and the figures would compare unlike setups.
         limits = json.dumps({"max_queued_messages": MOSQ_QUEUE, "max_inflight_messages": 100, "max_queued_bytes": 0})
-        return spawn([sys.executable, "-m", "edgemq", "broker", *args, "--config", str(self.config),
-                      "--log-level", self.log_level], log=self.work / f"{name}.log",
-                     env={"PYTHONUNBUFFERED": "1", "EDGEMQ_BROKER_LIMITS": limits})
+        return spawn(
+            [
+                sys.executable,
+                "-m",
+                "edgemq",
+                "broker",
+                *args,
+                "--config",
+                str(self.config),
+                "--log-level",
+                self.log_level,
+            ],
+            log=self.work / f"{name}.log",
+            env={"PYTHONUNBUFFERED": "1", "EDGEMQ_BROKER_LIMITS": limits},
+        )
 
     def start_cloud(self) -> None:
         if self.cloud_kind == "mosquitto":
@@ -293,6 +320,7 @@ class EdgemqTopology(Topology):
 
     def stats(self) -> dict[str, Any]:
         import json
+
         with contextlib.suppress(OSError, ValueError):
             return dict(json.loads(self.stats_file.read_text()))
         return {}
@@ -417,13 +445,21 @@ def make_topology(kind: str, work: Path, **kw: Any) -> Topology:
 class Sub:
     """``mosquitto_sub`` writing '<arrival ns> <payload>' per message to a file."""
 
-    def __init__(self, work: Path, name: str, port: int, qos: int, *, retry: bool = False,
-                 ready: bool = True, topic: str = TOPIC_FILTER) -> None:
+    def __init__(
+        self,
+        work: Path,
+        name: str,
+        port: int,
+        qos: int,
+        *,
+        retry: bool = False,
+        ready: bool = True,
+        topic: str = TOPIC_FILTER,
+    ) -> None:
         self.path = work / f"sub-{name}.txt"
         self.port = port
         cid = f"bench-sub-{name}-{os.getpid()}"
-        cmd = (f"mosquitto_sub -h {HOST} -p {port} -q {qos} -i {cid} -t '{topic}' -t '{READY_TOPIC}' "
-               f"-F '%U %p'")
+        cmd = f"mosquitto_sub -h {HOST} -p {port} -q {qos} -i {cid} -t '{topic}' -t '{READY_TOPIC}' -F '%U %p'"
         if retry:  # the broker is not up yet: retry every 20 ms until it answers
             cmd = f"until {cmd}; do sleep 0.02; done"
         self.proc = spawn(["sh", "-c", f"exec > '{self.path}'; {cmd if retry else 'exec ' + cmd}"], group=True)
@@ -433,9 +469,13 @@ class Sub:
     def wait_ready(self, timeout: float = 20.0) -> None:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            subprocess.run(["mosquitto_pub", "-h", HOST, "-p", str(self.port), "-t", READY_TOPIC,
-                            "-m", "ready", "-q", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           timeout=10, check=False)
+            subprocess.run(
+                ["mosquitto_pub", "-h", HOST, "-p", str(self.port), "-t", READY_TOPIC, "-m", "ready", "-q", "1"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=10,
+                check=False,
+            )
             time.sleep(0.1)
             if self.path.exists() and b"ready" in self.path.read_bytes()[:4096]:
                 return
@@ -470,8 +510,7 @@ class Sub:
                     continue
                 with contextlib.suppress(ValueError):
                     sec, _, frac = parts[0].partition(b".")
-                    out.append((int(sec) * 1_000_000_000 + int(frac.ljust(9, b"0")[:9]),
-                                int(parts[1]), int(parts[2])))
+                    out.append((int(sec) * 1_000_000_000 + int(frac.ljust(9, b"0")[:9]), int(parts[1]), int(parts[2])))
         return out
 
 
@@ -489,8 +528,7 @@ class Accepted:
         self.proc = None
         self.path = work / "sys-received.txt"
         if isinstance(topo, MosquittoTopology):
-            cmd = (f"mosquitto_sub -h {HOST} -p {topo.edge_port} -t '$SYS/broker/publish/messages/received' "
-                   f"-F '%U %p'")
+            cmd = f"mosquitto_sub -h {HOST} -p {topo.edge_port} -t '$SYS/broker/publish/messages/received' -F '%U %p'"
             self.proc = spawn(["sh", "-c", f"exec > '{self.path}'; {cmd}"], group=True)
 
     def sample(self) -> None:
@@ -548,8 +586,10 @@ class Blast:
     def __init__(self, files: list[Path], port: int, qos: int, hold_s: float) -> None:
         self.pubs: list[subprocess.Popen[bytes]] = []
         for i, path in enumerate(files):
-            cmd = (f"(cat '{path}'; exec sleep {hold_s:.0f}) | "
-                   f"mosquitto_pub -h {HOST} -p {port} -q {qos} -l -i bench-pub-{i}-{os.getpid()} -t {topic_of(i)}")
+            cmd = (
+                f"(cat '{path}'; exec sleep {hold_s:.0f}) | "
+                f"mosquitto_pub -h {HOST} -p {port} -q {qos} -l -i bench-pub-{i}-{os.getpid()} -t {topic_of(i)}"
+            )
             self.pubs.append(spawn(["sh", "-c", cmd], group=True))
 
     def close(self) -> None:
@@ -572,12 +612,27 @@ def blast_files(work: Path, n_pubs: int, per_pub: int) -> list[Path]:
 class Paced:
     """One ``mosquitto_pub -l`` fed at a fixed rate by a thread; the send time is in each payload."""
 
-    def __init__(self, port: int, qos: int, rate: float, duration_s: float, *, pub_index: int = 0,
-                 topic: str | None = None) -> None:
+    def __init__(
+        self, port: int, qos: int, rate: float, duration_s: float, *, pub_index: int = 0, topic: str | None = None
+    ) -> None:
         self.rate, self.duration = rate, duration_s
-        self.proc = spawn(["mosquitto_pub", "-h", HOST, "-p", str(port), "-q", str(qos), "-l",
-                           "-i", f"bench-paced-{os.getpid()}-{pub_index}", "-t", topic or topic_of(pub_index)],
-                          stdin=subprocess.PIPE)
+        self.proc = spawn(
+            [
+                "mosquitto_pub",
+                "-h",
+                HOST,
+                "-p",
+                str(port),
+                "-q",
+                str(qos),
+                "-l",
+                "-i",
+                f"bench-paced-{os.getpid()}-{pub_index}",
+                "-t",
+                topic or topic_of(pub_index),
+            ],
+            stdin=subprocess.PIPE,
+        )
         self.sent = 0
         self.behind_max = 0
         self.blocked_s = 0.0
@@ -661,10 +716,16 @@ def machine() -> dict[str, Any]:
         mosq = out.splitlines()[0].replace("mosquitto version ", "")
     git = "unknown"
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "broker", "bridge",
-                                "edgemq"], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.split()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "broker", "bridge", "edgemq"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.split()
         files = [f for f in dirty if "/" in f]
         git = f"commit {head}" + (f" plus uncommitted changes in {', '.join(files)}" if files else "")
     return {

@@ -80,8 +80,11 @@ class ProbeResult:
             f"  traced Python memory {self.traced_per_conn / 1024:.2f} KiB/conn, "
             f"tasks {self.tasks_per_conn:.2f}/conn, RSS {self.rss_per_conn / 1024:.2f} KiB/conn",
         ]
-        for title, rows in (("by file", self.by_file), ("by allocating line", self.by_line),
-                            ("by caller in amqtt or broker/", self.by_caller)):
+        for title, rows in (
+            ("by file", self.by_file),
+            ("by allocating line", self.by_line),
+            ("by caller in amqtt or broker/", self.by_caller),
+        ):
             if rows:
                 out.append(f"  -- {title}")
                 out += [f"  {v:8.0f} B/conn  {k}" for k, v in rows[:top]]
@@ -114,8 +117,17 @@ def _free_port() -> int:
 
 async def _open(port: int, n: int, clean: bool, keepalive: int, tag: str) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _CLIENTS, str(port), str(n), "1" if clean else "0", str(keepalive), tag, str(ROOT),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-c",
+        _CLIENTS,
+        str(port),
+        str(n),
+        "1" if clean else "0",
+        str(keepalive),
+        tag,
+        str(ROOT),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), 60 + n / 50)
@@ -145,8 +157,9 @@ async def _settle(broker: EdgeBroker, want: int) -> None:
         await asyncio.sleep(0.05)
 
 
-async def measure_async(n: int, *, clean: bool = True, keepalive: int = 0, warm: int = 50,
-                        trace: bool = True, offline: bool = False) -> ProbeResult:
+async def measure_async(
+    n: int, *, clean: bool = True, keepalive: int = 0, warm: int = 50, trace: bool = True, offline: bool = False
+) -> ProbeResult:
     port = _free_port()
     config = amqtt_config("127.0.0.1", port)
     config["plugins"] = security_plugins(SecurityConfig(), site=None)
@@ -180,8 +193,16 @@ async def measure_async(n: int, *, clean: bool = True, keepalive: int = 0, warm:
         for t in new_tasks:
             coro: Any = t.get_coro()
             names[getattr(coro, "__qualname__", repr(coro))] += 1
-        result = ProbeResult(n, clean, keepalive, 0.0, len(new_tasks) / n, (rss1 - rss0) / n,
-                             task_names=[(k, v / n) for k, v in names.most_common()], offline=offline)
+        result = ProbeResult(
+            n,
+            clean,
+            keepalive,
+            0.0,
+            len(new_tasks) / n,
+            (rss1 - rss0) / n,
+            task_names=[(k, v / n) for k, v in names.most_common()],
+            offline=offline,
+        )
         if snap0 is not None and snap1 is not None:
             tracemalloc.stop()
             diff = snap1.compare_to(snap0, "traceback")
@@ -214,15 +235,24 @@ def main() -> None:
     ap.add_argument("--warm", type=int, default=50)
     ap.add_argument("--persistent", action="store_true", help="clean session off")
     ap.add_argument("--keepalive", type=int, default=0)
-    ap.add_argument("--offline", action="store_true",
-                    help="measure after the n clients disconnected (what persistent sessions keep)")
+    ap.add_argument(
+        "--offline",
+        action="store_true",
+        help="measure after the n clients disconnected (what persistent sessions keep)",
+    )
     ap.add_argument("--rss", action="store_true", help="no tracemalloc: RSS and tasks only")
     ap.add_argument("--top", type=int, default=25)
     args = ap.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    r = measure(args.n, clean=not args.persistent, keepalive=args.keepalive, warm=args.warm, trace=not args.rss,
-                offline=args.offline)
+    r = measure(
+        args.n,
+        clean=not args.persistent,
+        keepalive=args.keepalive,
+        warm=args.warm,
+        trace=not args.rss,
+        offline=args.offline,
+    )
     print(r.report(args.top))
 
 

@@ -83,9 +83,17 @@ def cpu_run(pubs: int, count: int, local: bool, timeout_s: float = 240.0) -> dic
         blast.close()
         for s in subs:
             s.close()
-        return {"pubs": pubs, "local_sub": local, "sent": total, "received": got, "wall_s": round(wall, 2),
-                "cpu_s": round(cpu, 2), "cpu_us_per_msg": round(1e6 * cpu / max(1, min(got)), 1),
-                "msg_per_s": round(min(got) / wall, 0), "load1": round(os.getloadavg()[0], 1)}
+        return {
+            "pubs": pubs,
+            "local_sub": local,
+            "sent": total,
+            "received": got,
+            "wall_s": round(wall, 2),
+            "cpu_s": round(cpu, 2),
+            "cpu_us_per_msg": round(1e6 * cpu / max(1, min(got)), 1),
+            "msg_per_s": round(min(got) / wall, 0),
+            "load1": round(os.getloadavg()[0], 1),
+        }
     finally:
         harness.stop_all()
         shutil.rmtree(work, ignore_errors=True)
@@ -105,8 +113,11 @@ def broker_run(kind: str, pubs: int, count: int, timeout_s: float = 240.0) -> di
             port, proc = topo.cloud_port, topo.cloud
         elif kind == "amqtt":
             port = harness.free_port()
-            proc = harness.spawn([sys.executable, "-m", "tests.protocol.stock_amqtt", str(port)],
-                                 log=work / "amqtt.log", env={"PYTHONPATH": str(harness.ROOT)})
+            proc = harness.spawn(
+                [sys.executable, "-m", "tests.protocol.stock_amqtt", str(port)],
+                log=work / "amqtt.log",
+                env={"PYTHONPATH": str(harness.ROOT)},
+            )
             if not harness.wait_port(port):
                 raise RuntimeError("stock amqtt did not start")
         else:
@@ -129,9 +140,16 @@ def broker_run(kind: str, pubs: int, count: int, timeout_s: float = 240.0) -> di
         got = sub.count()
         blast.close()
         sub.close()
-        return {"broker": kind, "pubs": pubs, "sent": total, "received": got, "wall_s": round(wall, 2),
-                "cpu_us_per_msg": round(1e6 * cpu / max(1, got), 1), "msg_per_s": round(got / wall, 0),
-                "load1": round(os.getloadavg()[0], 1)}
+        return {
+            "broker": kind,
+            "pubs": pubs,
+            "sent": total,
+            "received": got,
+            "wall_s": round(wall, 2),
+            "cpu_us_per_msg": round(1e6 * cpu / max(1, got), 1),
+            "msg_per_s": round(got / wall, 0),
+            "load1": round(os.getloadavg()[0], 1),
+        }
     finally:
         harness.stop_all()
         shutil.rmtree(work, ignore_errors=True)
@@ -171,11 +189,13 @@ def main() -> None:
         c0, t0 = sub.count(), time.monotonic()
         raw = RESULTS / "edge-profile.txt"
         common = ["--pid", pid, "--duration", str(args.duration), "--rate", str(args.rate), "--nonblocking"]
-        subprocess.run([spy, "record", "--format", "raw", "-o", str(raw), *common], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [spy, "record", "--format", "raw", "-o", str(raw), *common], check=True, stdout=subprocess.DEVNULL
+        )
         rate = (sub.count() - c0) / (time.monotonic() - t0)
-        subprocess.run([spy, "record", "-o", str(RESULTS / "edge-profile.svg"), *common], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [spy, "record", "-o", str(RESULTS / "edge-profile.svg"), *common], check=True, stdout=subprocess.DEVNULL
+        )
         dump = subprocess.run([spy, "dump", "--pid", pid], capture_output=True, text=True, check=False).stdout
         blast.close()
         sub.close()
@@ -185,9 +205,14 @@ def main() -> None:
         harness.stop_all()
         shutil.rmtree(work, ignore_errors=True)
     summary = analyse(raw)
-    summary.update(publishers=args.pubs, qos=1, local_subscriber=args.local,
-                   cloud_msg_per_s_while_sampling=rate, machine=harness.machine(),
-                   dump_tail=dump[-4000:])
+    summary.update(
+        publishers=args.pubs,
+        qos=1,
+        local_subscriber=args.local,
+        cloud_msg_per_s_while_sampling=rate,
+        machine=harness.machine(),
+        dump_tail=dump[-4000:],
+    )
     (RESULTS / "edge-profile-summary.json").write_text(json.dumps(summary, indent=1))
     print(f"delivered to cloud while sampling: {rate:,.0f} msg/s; samples {summary['samples']}")
     for title in ("inclusive_pct", "self_pct"):

@@ -65,21 +65,33 @@ def one_line(rec: dict[str, Any]) -> str:
     r = rec.get("result") or {}
     s = rec["scenario"]
     if s in ("loadgen", "passthrough", "ingest", "e2e", "calibrate"):
-        return (f"{r.get('msg_per_s', 0):,.0f} msg/s (accepted {fmt(r.get('accepted_msg_per_s'))}), "
-                f"received {r.get('received')}, edge {r.get('edge_cpu_us_per_msg', 0):.0f} us/msg")
+        return (
+            f"{r.get('msg_per_s', 0):,.0f} msg/s (accepted {fmt(r.get('accepted_msg_per_s'))}), "
+            f"received {r.get('received')}, edge {r.get('edge_cpu_us_per_msg', 0):.0f} us/msg"
+        )
     if s in ("latency", "cpu", "cpualone"):
-        parts = [f"{at} p50 {fmt(get(r, at + '.p50_ms'))} p99 {fmt(get(r, at + '.p99_ms'))} ms "
-                 f"miss {get(r, at + '.missing')}" for at in ("edge", "cloud") if at in r]
+        parts = [
+            f"{at} p50 {fmt(get(r, at + '.p50_ms'))} p99 {fmt(get(r, at + '.p99_ms'))} ms "
+            f"miss {get(r, at + '.missing')}"
+            for at in ("edge", "cloud")
+            if at in r
+        ]
         return "; ".join(parts) + f"; edge {r.get('edge_cpu_us_per_msg', 0):.0f} us/msg"
     if s == "drain":
-        return (f"{r.get('received')}/{r.get('filled')} in {fmt(r.get('drain_s_from_cloud_start'))} s, "
-                f"{fmt(r.get('drain_msg_per_s'))} msg/s")
+        return (
+            f"{r.get('received')}/{r.get('filled')} in {fmt(r.get('drain_s_from_cloud_start'))} s, "
+            f"{fmt(r.get('drain_msg_per_s'))} msg/s"
+        )
     if s == "kill":
-        return (f"acked {r.get('acked_before_kill')}, at cloud {r.get('acked_arrived')}, lost {r.get('acked_lost')}, "
-                f"dup {r.get('duplicates')}")
+        return (
+            f"acked {r.get('acked_before_kill')}, at cloud {r.get('acked_arrived')}, lost {r.get('acked_lost')}, "
+            f"dup {r.get('duplicates')}"
+        )
     if s == "overload":
-        return (f"sent {r.get('sent')}, cloud rx {get(r, 'cloud.received')}, "
-                f"edge rss max {fmt(r.get('edge_rss_mb_max'))} MB")
+        return (
+            f"sent {r.get('sent')}, cloud rx {get(r, 'cloud.received')}, "
+            f"edge rss max {fmt(r.get('edge_rss_mb_max'))} MB"
+        )
     if s == "idle":
         return f"{r.get('connections')} conns, {fmt(r.get('kb_per_connection'))} kB/conn"
     return ""
@@ -117,12 +129,16 @@ def table(g: Any, scenario: str, cases: list[str], metrics: list[tuple[str, str,
     """Rows: case x metric; columns edgemq, Mosquitto, ratio (and "edgemq → Mosquitto cloud" if measured)."""
     mosq_cloud = any(k[0] == scenario and k[2] == "edgemq-mosq" for k in g)
     if mosq_cloud:
-        lines = ["| case | metric | edgemq | edgemq edge → Mosquitto cloud | Mosquitto | edgemq/Mosquitto | "
-                 "(edgemq → Mosquitto cloud)/Mosquitto | reps |",
-                 "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines = [
+            "| case | metric | edgemq | edgemq edge → Mosquitto cloud | Mosquitto | edgemq/Mosquitto | "
+            "(edgemq → Mosquitto cloud)/Mosquitto | reps |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
     else:
-        lines = ["| case | metric | edgemq | Mosquitto | edgemq/Mosquitto | reps |",
-                 "| --- | --- | ---: | ---: | ---: | ---: |"]
+        lines = [
+            "| case | metric | edgemq | Mosquitto | edgemq/Mosquitto | reps |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
+        ]
     for case in cases:
         for label, path, unit in metrics:
             e = m(g, scenario, case, "edgemq", path)
@@ -132,8 +148,10 @@ def table(g: Any, scenario: str, cases: list[str], metrics: list[tuple[str, str,
                 continue
             if mosq_cloud:
                 reps = "/".join(str(n_reps(g, scenario, case, k)) for k in ("edgemq", "edgemq-mosq", "mosquitto"))
-                lines.append(f"| {case} | {label} | {fmt(e, unit)} | {fmt(x, unit)} | {fmt(q, unit)} | "
-                             f"{ratio(e, q)} | {ratio(x, q)} | {reps} |")
+                lines.append(
+                    f"| {case} | {label} | {fmt(e, unit)} | {fmt(x, unit)} | {fmt(q, unit)} | "
+                    f"{ratio(e, q)} | {ratio(x, q)} | {reps} |"
+                )
             else:
                 reps = f"{n_reps(g, scenario, case, 'edgemq')}/{n_reps(g, scenario, case, 'mosquitto')}"
                 lines.append(f"| {case} | {label} | {fmt(e, unit)} | {fmt(q, unit)} | {ratio(e, q)} | {reps} |")
@@ -142,16 +160,23 @@ def table(g: Any, scenario: str, cases: list[str], metrics: list[tuple[str, str,
 
 def kill_table(g: Groups, cases: list[str]) -> list[str]:
     """Scenario "kill": acknowledged messages that survive a kill -9 of the edge broker."""
-    kinds = (("edgemq", "edgemq"), ("mosquitto", "Mosquitto bridge, persistence false"),
-             ("mosquitto-persist", "Mosquitto bridge, persistence true"))
-    lines = ["| case | edge | sent | acknowledged before the kill | of those at the cloud | lost | lost % | "
-             "duplicates |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    kinds = (
+        ("edgemq", "edgemq"),
+        ("mosquitto", "Mosquitto bridge, persistence false"),
+        ("mosquitto-persist", "Mosquitto bridge, persistence true"),
+    )
+    lines = [
+        "| case | edge | sent | acknowledged before the kill | of those at the cloud | lost | lost % | duplicates |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for case in cases:
         for kind, label in kinds:
             if not g.get(("kill", case, kind)):
                 continue
-            v = [m(g, "kill", case, kind, k) for k in ("sent", "acked_before_kill", "acked_arrived", "acked_lost",
-                                                         "lost_pct", "duplicates")]
+            v = [
+                m(g, "kill", case, kind, k)
+                for k in ("sent", "acked_before_kill", "acked_arrived", "acked_lost", "lost_pct", "duplicates")
+            ]
             cells = [fmt(None if x is None else int(x) if float(x).is_integer() else x) for x in v]
             lines.append(f"| {case} | {label} | " + " | ".join(cells) + " |")
     return lines
@@ -240,74 +265,140 @@ def section(data: dict[str, Any]) -> str:
     ]
     out += targets(data, g)
     if any(r["scenario"] == "loadgen" for r in data["runs"]):
-        out += ["### Load generator ceiling (one Mosquitto, no bridge, subscriber on the same broker)", "",
-                "| case | msg/s | reps |", "| --- | ---: | ---: |"]
+        out += [
+            "### Load generator ceiling (one Mosquitto, no bridge, subscriber on the same broker)",
+            "",
+            "| case | msg/s | reps |",
+            "| --- | ---: | ---: |",
+        ]
         for case in cases_of(data, "loadgen"):
-            out.append(f"| {case} | {fmt(m(g, 'loadgen', case, 'loadgen', 'msg_per_s'))} | "
-                       f"{n_reps(g, 'loadgen', case, 'loadgen')} |")
+            out.append(
+                f"| {case} | {fmt(m(g, 'loadgen', case, 'loadgen', 'msg_per_s'))} | "
+                f"{n_reps(g, 'loadgen', case, 'loadgen')} |"
+            )
         out += ["", "A broker figure close to this ceiling is limited by the clients, not by the broker.", ""]
     if any(r["scenario"] == "passthrough" for r in data["runs"]):
-        out += ["### amqtt 0.12.1 pass-through, stock and ours (one broker, subscriber on the same broker)", "",
-                "| case | configuration | msg/s | broker CPU µs/msg | reps |", "| --- | --- | ---: | ---: | ---: |"]
+        out += [
+            "### amqtt 0.12.1 pass-through, stock and ours (one broker, subscriber on the same broker)",
+            "",
+            "| case | configuration | msg/s | broker CPU µs/msg | reps |",
+            "| --- | --- | ---: | ---: | ---: |",
+        ]
         for case in cases_of(data, "passthrough"):
-            for kind, how in (("amqtt-default", "stock, packaged defaults (`amqtt -c default_broker.yaml`)"),
-                              ("amqtt-stock", "stock, our minimal plugins (`tests/protocol/stock_amqtt.py`)"),
-                              ("edgemq-alone", "edgemq's broker alone (`edgemq broker cloud`: no buffer, no bridge)")):
+            for kind, how in (
+                ("amqtt-default", "stock, packaged defaults (`amqtt -c default_broker.yaml`)"),
+                ("amqtt-stock", "stock, our minimal plugins (`tests/protocol/stock_amqtt.py`)"),
+                ("edgemq-alone", "edgemq's broker alone (`edgemq broker cloud`: no buffer, no bridge)"),
+            ):
                 if m(g, "passthrough", case, kind, "msg_per_s") is None:
                     continue
-                out.append(f"| {case} | {how} | {fmt(m(g, 'passthrough', case, kind, 'msg_per_s'))} | "
-                           f"{fmt(m(g, 'passthrough', case, kind, 'edge_cpu_us_per_msg'))} | "
-                           f"{n_reps(g, 'passthrough', case, kind)} |")
-        out += ["", "Stock `amqtt.broker.Broker`, none of our overrides: with amqtt's own `default_broker.yaml` "
-                "(event and packet logger plugins, anonymous access, `$SYS` every 20 s; bound to 127.0.0.1) as "
-                "issue 9 measured it, and with our listener and plugin settings (anonymous access only); "
-                "`mosquitto_pub -l` → broker → `mosquitto_sub`, QoS 1, measured as *ingest*.", ""]
+                out.append(
+                    f"| {case} | {how} | {fmt(m(g, 'passthrough', case, kind, 'msg_per_s'))} | "
+                    f"{fmt(m(g, 'passthrough', case, kind, 'edge_cpu_us_per_msg'))} | "
+                    f"{n_reps(g, 'passthrough', case, kind)} |"
+                )
+        out += [
+            "",
+            "Stock `amqtt.broker.Broker`, none of our overrides: with amqtt's own `default_broker.yaml` "
+            "(event and packet logger plugins, anonymous access, `$SYS` every 20 s; bound to 127.0.0.1) as "
+            "issue 9 measured it, and with our listener and plugin settings (anonymous access only); "
+            "`mosquitto_pub -l` → broker → `mosquitto_sub`, QoS 1, measured as *ingest*.",
+            "",
+        ]
     blocks = [
-        ("ingest", "1. Edge ingest (publisher → edge broker → local subscriber)", [
-            ("msg/s delivered to the local subscriber", "msg_per_s", ""),
-            ("msg/s accepted (broker's own counter)", "accepted_msg_per_s", ""),
-            ("edge CPU µs per delivered msg (saturated)", "edge_cpu_us_per_msg", ""),
-            ("edge CPU µs per accepted msg (saturated)", "edge_cpu_us_per_accepted", ""),
-            ("messages received in the run", "received", "")]),
-        ("e2e", "2. End to end edge → cloud, QoS 1, durable buffer on (edgemq)", [
-            ("msg/s at cloud", "msg_per_s", ""),
-            ("msg/s accepted at the edge (broker's own counter)", "accepted_msg_per_s", ""),
-            ("edge CPU µs per msg at cloud (saturated)", "edge_cpu_us_per_msg", ""),
-            ("cloud CPU µs per msg at cloud (saturated)", "cloud_cpu_us_per_msg", "")]),
-        ("latency", "3. Latency at fixed offered rates (ms)", [
-            ("edge p50", "edge.p50_ms", ""), ("edge p99", "edge.p99_ms", ""), ("edge p99.9", "edge.p999_ms", ""),
-            ("cloud p50", "cloud.p50_ms", ""), ("cloud p99", "cloud.p99_ms", ""),
-            ("cloud p99.9", "cloud.p999_ms", ""), ("not arrived (cloud)", "cloud.missing", "")]),
-        ("cpu", "CPU per delivered message (µs of process CPU)", [
-            ("edge broker", "edge_cpu_us_per_msg", ""), ("cloud broker", "cloud_cpu_us_per_msg", ""),
-            ("messages delivered", "cloud.received", "")]),
-        ("drain", "4. Backlog drain after an outage", [
-            ("fill rate (msg/s, QoS 1 accepted)", "fill_msg_per_s", ""),
-            ("drain rate (msg/s)", "drain_msg_per_s", ""),
-            ("drain time from cloud start (s)", "drain_s_from_cloud_start", ""),
-            ("first message after cloud start (s)", "first_after_start_s", ""),
-            ("backlog filled (messages)", "filled", ""), ("received at the cloud", "received", ""),
-            ("distinct messages received", "unique", ""),
-            ("edge RSS holding the backlog (MB)", "edge_rss_mb_with_backlog", "")]),
-        ("overload", "5. Overload", [
-            ("sent", "sent", ""), ("received at edge subscriber during load", "edge.received_during_load", ""),
-            ("received at edge subscriber", "edge.received", ""),
-            ("received at cloud (after grace)", "cloud.received", ""),
-            ("edge latency p50 (ms)", "edge.p50_ms", ""), ("edge latency p99 (ms)", "edge.p99_ms", ""),
-            ("cloud latency p50 (ms)", "cloud.p50_ms", ""), ("cloud latency p99 (ms)", "cloud.p99_ms", ""),
-            ("admitted latency p50 (ms, probe publisher)", "probe.p50_ms", ""),
-            ("admitted latency p99 (ms, probe publisher)", "probe.p99_ms", ""),
-            ("admitted latency max (ms, probe publisher)", "probe.max_ms", ""),
-            ("probe messages missing", "probe.missing", ""),
-            ("edge RSS start (MB)", "edge_rss_mb_start", ""), ("edge RSS max (MB)", "edge_rss_mb_max", ""),
-            ("publisher RSS max (MB)", "pub_rss_mb_max", ""),
-            ("publisher blocked on its pipe (s)", "publisher_blocked_s", ""),
-            ("edgemq buffer dropped at end", "edgemq_buffer.dropped", ""),
-            ("edgemq buffer depth at end", "edgemq_buffer.depth_messages", "")]),
-        ("idle", "6. Idle connections", [
-            ("connections held", "connections", ""), ("failed", "failed", ""),
-            ("kB RSS per connection", "kb_per_connection", ""), ("RSS before (MB)", "rss_before_mb", ""),
-            ("RSS after (MB)", "rss_after_mb", ""), ("time to connect all (s)", "connect_s", "")]),
+        (
+            "ingest",
+            "1. Edge ingest (publisher → edge broker → local subscriber)",
+            [
+                ("msg/s delivered to the local subscriber", "msg_per_s", ""),
+                ("msg/s accepted (broker's own counter)", "accepted_msg_per_s", ""),
+                ("edge CPU µs per delivered msg (saturated)", "edge_cpu_us_per_msg", ""),
+                ("edge CPU µs per accepted msg (saturated)", "edge_cpu_us_per_accepted", ""),
+                ("messages received in the run", "received", ""),
+            ],
+        ),
+        (
+            "e2e",
+            "2. End to end edge → cloud, QoS 1, durable buffer on (edgemq)",
+            [
+                ("msg/s at cloud", "msg_per_s", ""),
+                ("msg/s accepted at the edge (broker's own counter)", "accepted_msg_per_s", ""),
+                ("edge CPU µs per msg at cloud (saturated)", "edge_cpu_us_per_msg", ""),
+                ("cloud CPU µs per msg at cloud (saturated)", "cloud_cpu_us_per_msg", ""),
+            ],
+        ),
+        (
+            "latency",
+            "3. Latency at fixed offered rates (ms)",
+            [
+                ("edge p50", "edge.p50_ms", ""),
+                ("edge p99", "edge.p99_ms", ""),
+                ("edge p99.9", "edge.p999_ms", ""),
+                ("cloud p50", "cloud.p50_ms", ""),
+                ("cloud p99", "cloud.p99_ms", ""),
+                ("cloud p99.9", "cloud.p999_ms", ""),
+                ("not arrived (cloud)", "cloud.missing", ""),
+            ],
+        ),
+        (
+            "cpu",
+            "CPU per delivered message (µs of process CPU)",
+            [
+                ("edge broker", "edge_cpu_us_per_msg", ""),
+                ("cloud broker", "cloud_cpu_us_per_msg", ""),
+                ("messages delivered", "cloud.received", ""),
+            ],
+        ),
+        (
+            "drain",
+            "4. Backlog drain after an outage",
+            [
+                ("fill rate (msg/s, QoS 1 accepted)", "fill_msg_per_s", ""),
+                ("drain rate (msg/s)", "drain_msg_per_s", ""),
+                ("drain time from cloud start (s)", "drain_s_from_cloud_start", ""),
+                ("first message after cloud start (s)", "first_after_start_s", ""),
+                ("backlog filled (messages)", "filled", ""),
+                ("received at the cloud", "received", ""),
+                ("distinct messages received", "unique", ""),
+                ("edge RSS holding the backlog (MB)", "edge_rss_mb_with_backlog", ""),
+            ],
+        ),
+        (
+            "overload",
+            "5. Overload",
+            [
+                ("sent", "sent", ""),
+                ("received at edge subscriber during load", "edge.received_during_load", ""),
+                ("received at edge subscriber", "edge.received", ""),
+                ("received at cloud (after grace)", "cloud.received", ""),
+                ("edge latency p50 (ms)", "edge.p50_ms", ""),
+                ("edge latency p99 (ms)", "edge.p99_ms", ""),
+                ("cloud latency p50 (ms)", "cloud.p50_ms", ""),
+                ("cloud latency p99 (ms)", "cloud.p99_ms", ""),
+                ("admitted latency p50 (ms, probe publisher)", "probe.p50_ms", ""),
+                ("admitted latency p99 (ms, probe publisher)", "probe.p99_ms", ""),
+                ("admitted latency max (ms, probe publisher)", "probe.max_ms", ""),
+                ("probe messages missing", "probe.missing", ""),
+                ("edge RSS start (MB)", "edge_rss_mb_start", ""),
+                ("edge RSS max (MB)", "edge_rss_mb_max", ""),
+                ("publisher RSS max (MB)", "pub_rss_mb_max", ""),
+                ("publisher blocked on its pipe (s)", "publisher_blocked_s", ""),
+                ("edgemq buffer dropped at end", "edgemq_buffer.dropped", ""),
+                ("edgemq buffer depth at end", "edgemq_buffer.depth_messages", ""),
+            ],
+        ),
+        (
+            "idle",
+            "6. Idle connections",
+            [
+                ("connections held", "connections", ""),
+                ("failed", "failed", ""),
+                ("kB RSS per connection", "kb_per_connection", ""),
+                ("RSS before (MB)", "rss_before_mb", ""),
+                ("RSS after (MB)", "rss_after_mb", ""),
+                ("time to connect all (s)", "connect_s", ""),
+            ],
+        ),
     ]
     for scenario, title, metrics in blocks:
         cs = cases_of(data, scenario)
@@ -318,16 +409,22 @@ def section(data: dict[str, Any]) -> str:
             out += cpu_sum(g, cs)
             alone = cases_of(data, "cpualone")
             if alone:
-                out += ["CPU per message of **one broker alone** at the same fixed rate (publisher → broker → "
-                        "local QoS 1 subscriber; no buffer, no bridge, no cloud): what the broker part of the "
-                        "edge node costs by itself.", "",
-                        "| case | edgemq broker alone | Mosquitto alone | stock amqtt 0.12.1 | reps |",
-                        "| --- | ---: | ---: | ---: | ---: |"]
+                out += [
+                    "CPU per message of **one broker alone** at the same fixed rate (publisher → broker → "
+                    "local QoS 1 subscriber; no buffer, no bridge, no cloud): what the broker part of the "
+                    "edge node costs by itself.",
+                    "",
+                    "| case | edgemq broker alone | Mosquitto alone | stock amqtt 0.12.1 | reps |",
+                    "| --- | ---: | ---: | ---: | ---: |",
+                ]
                 for case in alone:
-                    vals = [m(g, "cpualone", case, k, "edge_cpu_us_per_msg")
-                            for k in ("edgemq-alone", "loadgen", "amqtt-stock")]
-                    reps = "/".join(str(n_reps(g, "cpualone", case, k))
-                                    for k in ("edgemq-alone", "loadgen", "amqtt-stock"))
+                    vals = [
+                        m(g, "cpualone", case, k, "edge_cpu_us_per_msg")
+                        for k in ("edgemq-alone", "loadgen", "amqtt-stock")
+                    ]
+                    reps = "/".join(
+                        str(n_reps(g, "cpualone", case, k)) for k in ("edgemq-alone", "loadgen", "amqtt-stock")
+                    )
                     out.append(f"| {case} | {' | '.join(fmt(v, ' µs') for v in vals)} | {reps} |")
                 out.append("")
         if scenario == "drain":
@@ -336,8 +433,11 @@ def section(data: dict[str, Any]) -> str:
                 out += ["### 4b. kill -9 of the edge broker under QoS 1 load", "", *kill_table(g, kc), ""]
         if scenario == "overload" and data.get("overload_basis"):
             b = data["overload_basis"]
-            out += [f"Offered rate = {b['factor']:.0f} × {b['edgemq_qos0_ingest_msg_per_s']:,.0f} msg/s, edgemq's "
-                    f"QoS 0 single-publisher ingest ({b.get('from', 'ingest runs')} of this benchmark).", ""]
+            out += [
+                f"Offered rate = {b['factor']:.0f} × {b['edgemq_qos0_ingest_msg_per_s']:,.0f} msg/s, edgemq's "
+                f"QoS 0 single-publisher ingest ({b.get('from', 'ingest runs')} of this benchmark).",
+                "",
+            ]
     errors = [r for r in data["runs"] if "error" in r]
     if errors:
         out += ["### Runs that failed", ""]
@@ -354,23 +454,38 @@ def merged_note(data: dict[str, Any]) -> str:
     mf = data.get("merged_from")
     if not mf:
         return ""
-    parts = [(data.get("args", {}).get("only") or [], data["started"], data["loadavg_start"],
-              data["machine"].get("git", "?"))]
+    parts = [
+        (
+            data.get("args", {}).get("only") or [],
+            data["started"],
+            data["loadavg_start"],
+            data["machine"].get("git", "?"),
+        )
+    ]
     node = mf
     while node:
         if node.get("previous"):
-            parts.append((node.get("only") or [], node["started"], node.get("loadavg_start") or [0],
-                          (node.get("machine") or {}).get("git", "?")))
+            parts.append(
+                (
+                    node.get("only") or [],
+                    node["started"],
+                    node.get("loadavg_start") or [0],
+                    (node.get("machine") or {}).get("git", "?"),
+                )
+            )
         else:
-            parts.append((None, node["started"], node.get("loadavg_start") or [0],
-                          (node.get("machine") or {}).get("git", "?")))
+            parts.append(
+                (None, node["started"], node.get("loadavg_start") or [0], (node.get("machine") or {}).get("git", "?"))
+            )
         node = node.get("previous")
     text = []
     for only, started, la, git in parts:
         what = f"scenarios {', '.join(only)}" if only is not None else "the other scenarios"
         text.append(f"{what}: run at {started} (load average {la[0]:.2f} at start; edgemq code {git})")
-    return (" Merged results, newest first (a later run of a scenario replaces the earlier one, except a drain "
-            "of another size) — " + "; ".join(text) + ".")
+    return (
+        " Merged results, newest first (a later run of a scenario replaces the earlier one, except a drain "
+        "of another size) — " + "; ".join(text) + "."
+    )
 
 
 def _first(data: dict[str, Any], scenario: str, needle: str) -> str | None:
@@ -387,37 +502,58 @@ def targets(data: dict[str, Any], g: Groups) -> list[str]:
     c = _first(data, "cpu", "1,000")
     if c:
         e = m(g, "cpu", c, "edgemq", "edge_cpu_us_per_msg")
-        rows.append(("edge node CPU per message, QoS 1 at 1,000 msg/s: ≤ 100 µs", fmt(e, " µs"),
-                     verdict(None if e is None else e <= 100)))
+        rows.append(
+            (
+                "edge node CPU per message, QoS 1 at 1,000 msg/s: ≤ 100 µs",
+                fmt(e, " µs"),
+                verdict(None if e is None else e <= 100),
+            )
+        )
     for needle in ("1 publisher", "100 publishers"):
         c = _first(data, "e2e", needle)
         if c:
             e, q = m(g, "e2e", c, "edgemq", "msg_per_s"), m(g, "e2e", c, "mosquitto", "msg_per_s")
-            rows.append((f"e2e QoS 1 edge→cloud ({needle}): ≥ 0.5 × Mosquitto bridge",
-                         f"{fmt(e)} vs {fmt(q)} msg/s = {ratio(e, q)} ×",
-                         verdict(None if e is None or not q else e / q >= 0.5)))
+            rows.append(
+                (
+                    f"e2e QoS 1 edge→cloud ({needle}): ≥ 0.5 × Mosquitto bridge",
+                    f"{fmt(e)} vs {fmt(q)} msg/s = {ratio(e, q)} ×",
+                    verdict(None if e is None or not q else e / q >= 0.5),
+                )
+            )
     c, s1 = _first(data, "e2e", "1 publisher"), _first(data, "passthrough", "1 publisher")
-    for kind, how in (("amqtt-default", "its packaged defaults, as a new user runs it"),
-                      ("amqtt-stock", "our minimal plugin settings")):
+    for kind, how in (
+        ("amqtt-default", "its packaged defaults, as a new user runs it"),
+        ("amqtt-stock", "our minimal plugin settings"),
+    ):
         a = m(g, "passthrough", s1, kind, "msg_per_s") if s1 else None
         if c and a is not None:
             e = m(g, "e2e", c, "edgemq", "msg_per_s")
             q = m(g, "e2e", c, "mosquitto", "msg_per_s")
-            rows.append((f"e2e QoS 1 edge→cloud (1 publisher): ≥ 10 × stock amqtt 0.12.1 pass-through ({how})",
-                         f"{fmt(e)} vs {fmt(a)} msg/s = {ratio(e, a)} × (Mosquitto's bridge: {ratio(q, a)} ×)",
-                         verdict(None if e is None or not a else e / a >= 10)))
+            rows.append(
+                (
+                    f"e2e QoS 1 edge→cloud (1 publisher): ≥ 10 × stock amqtt 0.12.1 pass-through ({how})",
+                    f"{fmt(e)} vs {fmt(a)} msg/s = {ratio(e, a)} × (Mosquitto's bridge: {ratio(q, a)} ×)",
+                    verdict(None if e is None or not a else e / a >= 10),
+                )
+            )
     c = _first(data, "latency", "1,000")
     if c:
         e = m(g, "latency", c, "edgemq", "edge.p99_ms")
-        rows.append(("p99 at 1,000 msg/s at the edge broker: < 10 ms", fmt(e, " ms"),
-                     verdict(None if e is None else e < 10)))
+        rows.append(
+            ("p99 at 1,000 msg/s at the edge broker: < 10 ms", fmt(e, " ms"), verdict(None if e is None else e < 10))
+        )
     # the drain case edgemq ran (a --big drain may exist for other topologies only)
     c = next((c for c in cases_of(data, "drain") if m(g, "drain", c, "edgemq", "drain_msg_per_s") is not None), None)
     live = m(g, "e2e", _first(data, "e2e", "1 publisher") or "", "edgemq", "msg_per_s")
     if c:
         d = m(g, "drain", c, "edgemq", "drain_msg_per_s")
-        rows.append(("backlog drain ≥ live ingest (e2e, 1 publisher)", f"{fmt(d)} vs {fmt(live)} msg/s",
-                     verdict(None if d is None or live is None else d >= live)))
+        rows.append(
+            (
+                "backlog drain ≥ live ingest (e2e, 1 publisher)",
+                f"{fmt(d)} vs {fmt(live)} msg/s",
+                verdict(None if d is None or live is None else d >= live),
+            )
+        )
     c = _first(data, "overload", "QoS 0")
     if c:
         r0, r1 = m(g, "overload", c, "edgemq", "edge_rss_mb_start"), m(g, "overload", c, "edgemq", "edge_rss_mb_max")
@@ -426,46 +562,79 @@ def targets(data: dict[str, Any], g: Groups) -> list[str]:
         blocked = m(g, "overload", c, "edgemq", "publisher_blocked_s")
         if a99 is None:  # results from before the probe publisher existed
             p99 = m(g, "overload", c, "edgemq", "cloud.p99_ms")
-            rows.append(("overload: memory and admitted latency bounded, excess pushed back or dropped and counted",
-                         f"RSS {fmt(r0)} → {fmt(r1)} MB; cloud p99 {fmt(p99, ' ms')}", "see §5"))
+            rows.append(
+                (
+                    "overload: memory and admitted latency bounded, excess pushed back or dropped and counted",
+                    f"RSS {fmt(r0)} → {fmt(r1)} MB; cloud p99 {fmt(p99, ' ms')}",
+                    "see §5",
+                )
+            )
         else:
             # Bounded: the broker's memory grows by less than 50 MB, and no admitted message waits
             # 1 s (the load lasts 30 s: a queue in front of admitted messages would grow through it).
             ok = None if r0 is None or r1 is None or amax is None else (r1 - r0 < 50 and amax < 1000)
-            rows.append(("overload: memory and admitted latency bounded, excess pushed back or dropped and counted",
-                         f"RSS {fmt(r0)} → {fmt(r1)} MB; admitted (probe publisher) p50 {fmt(a50)} / p99 "
-                         f"{fmt(a99)} / max {fmt(amax, ' ms')}; load publisher pushed back {fmt(blocked, ' s')}",
-                         verdict(ok)))
+            rows.append(
+                (
+                    "overload: memory and admitted latency bounded, excess pushed back or dropped and counted",
+                    f"RSS {fmt(r0)} → {fmt(r1)} MB; admitted (probe publisher) p50 {fmt(a50)} / p99 "
+                    f"{fmt(a99)} / max {fmt(amax, ' ms')}; load publisher pushed back {fmt(blocked, ' s')}",
+                    verdict(ok),
+                )
+            )
     c = _first(data, "idle", "connections")
     if c:
         kb = m(g, "idle", c, "edgemq", "kb_per_connection")
         base = m(g, "idle", c, "edgemq", "rss_before_mb")
         est = None if kb is None or base is None else base + kb * 10_000 / 1000
-        rows.append(("10,000 idle connections < 250 MB", f"≈ {fmt(est)} MB (extrapolated from {c})",
-                     verdict(None if est is None else est < 250)))
+        rows.append(
+            (
+                "10,000 idle connections < 250 MB",
+                f"≈ {fmt(est)} MB (extrapolated from {c})",
+                verdict(None if est is None else est < 250),
+            )
+        )
     if not rows:
         return []
+
     def load(scenario: str) -> str:
         vals = [r["loadavg_start"][0] for r in data["runs"] if r["scenario"] == scenario and r["kind"] == "edgemq"]
         return fmt(med(vals))
 
     # each row's scenario, by its wording (rows are only there when their scenario ran)
-    scen = {"CPU per message": "cpu", "e2e QoS 1": "e2e", "p99 at": "latency", "backlog drain": "drain",
-            "overload": "overload", "idle connections": "idle"}
-    loads = {label: load(next(sc for key, sc in scen.items() if key in label))
-             for label, _, _ in rows if any(key in label for key in scen)}
-    lines = ["### Issue 9 targets for the edge node, against this run", "",
-             "| target | measured (median) | result | load avg at run start |", "| --- | --- | --- | ---: |"]
+    scen = {
+        "CPU per message": "cpu",
+        "e2e QoS 1": "e2e",
+        "p99 at": "latency",
+        "backlog drain": "drain",
+        "overload": "overload",
+        "idle connections": "idle",
+    }
+    loads = {
+        label: load(next(sc for key, sc in scen.items() if key in label))
+        for label, _, _ in rows
+        if any(key in label for key in scen)
+    }
+    lines = [
+        "### Issue 9 targets for the edge node, against this run",
+        "",
+        "| target | measured (median) | result | load avg at run start |",
+        "| --- | --- | --- | ---: |",
+    ]
     lines += [f"| {a} | {b} | {v} | {loads.get(a, '—')} |" for a, b, v in rows]
-    lines += ["", "The machine's load differed between scenarios (last column: 1-minute load average on 2 CPUs "
-              "when edgemq's runs started), so rows that compare two scenarios (drain vs live e2e) compare "
-              "different conditions; on this shared machine every edgemq figure is a lower bound."]
+    lines += [
+        "",
+        "The machine's load differed between scenarios (last column: 1-minute load average on 2 CPUs "
+        "when edgemq's runs started), so rows that compare two scenarios (drain vs live e2e) compare "
+        "different conditions; on this shared machine every edgemq figure is a lower bound.",
+    ]
     return [*lines, ""]
 
 
 def cpu_sum(g: Any, cases: list[str]) -> list[str]:
-    lines = ["| case | edgemq edge node | Mosquitto edge + cloud | ratio | Mosquitto edge alone | ratio |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| case | edgemq edge node | Mosquitto edge + cloud | ratio | Mosquitto edge alone | ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for case in cases:
         e = m(g, "cpu", case, "edgemq", "edge_cpu_us_per_msg")
         qe = m(g, "cpu", case, "mosquitto", "edge_cpu_us_per_msg")
@@ -486,8 +655,13 @@ def plots(data: dict[str, Any], outdir: Path) -> None:
     import matplotlib.pyplot as plt
 
     g = grouped(data)
-    colors = {"edgemq": "tab:blue", "mosquitto": "tab:orange", "loadgen": "tab:gray", "edgemq-mosq": "tab:green",
-              "mosquitto-persist": "tab:red"}
+    colors = {
+        "edgemq": "tab:blue",
+        "mosquitto": "tab:orange",
+        "loadgen": "tab:gray",
+        "edgemq-mosq": "tab:green",
+        "mosquitto-persist": "tab:red",
+    }
 
     labels, vals = [], defaultdict(list)
     for scenario in ("ingest", "e2e"):
@@ -501,8 +675,13 @@ def plots(data: dict[str, Any], outdir: Path) -> None:
         fig, ax = plt.subplots(figsize=(11, 4.5))
         w = 0.27
         for i, kind in enumerate(("edgemq", "mosquitto", "loadgen")):
-            ax.bar([x + (i - 1) * w for x in range(len(labels))], vals[kind], w,
-                   label={"loadgen": "load generator ceiling"}.get(kind, kind), color=colors[kind])
+            ax.bar(
+                [x + (i - 1) * w for x in range(len(labels))],
+                vals[kind],
+                w,
+                label={"loadgen": "load generator ceiling"}.get(kind, kind),
+                color=colors[kind],
+            )
         ax.set_xticks(range(len(labels)), labels, fontsize=8)
         ax.set_yscale("log")
         ax.set_ylabel("messages/s (median)")
@@ -536,8 +715,13 @@ def plots(data: dict[str, Any], outdir: Path) -> None:
         sizes = sorted({r["case"] for r in drains})
         for r in drains:
             xs, ys = zip(*r["result"]["timeline"], strict=True)
-            ax.plot(xs, ys, ["-", "--", ":"][sizes.index(r["case"]) % 3], label=f"{r['kind']}, {r['case']}",
-                    color=colors.get(r["kind"], "black"))
+            ax.plot(
+                xs,
+                ys,
+                ["-", "--", ":"][sizes.index(r["case"]) % 3],
+                label=f"{r['kind']}, {r['case']}",
+                color=colors.get(r["kind"], "black"),
+            )
         ax.set_yscale("log")
         ax.set_xlabel("s since the cloud broker was started")
         ax.set_ylabel("messages arrived at the cloud subscriber")

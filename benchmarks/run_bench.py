@@ -56,8 +56,10 @@ KINDS = ("edgemq", "mosquitto")
 #: e2e and drain also measure our edge node against Mosquitto as the cloud.
 EDGE_KINDS = ("edgemq", "edgemq-mosq", "mosquitto")
 KILL_KINDS = ("edgemq", "mosquitto", "mosquitto-persist")
-KILL_CASES = (("QoS 1 at 1,000 msg/s, cloud up", {"outage": False}),
-              ("QoS 1 at 1,000 msg/s, cloud down (backlog at the edge)", {"outage": True}))
+KILL_CASES = (
+    ("QoS 1 at 1,000 msg/s, cloud up", {"outage": False}),
+    ("QoS 1 at 1,000 msg/s, cloud down (backlog at the edge)", {"outage": True}),
+)
 
 
 def cases(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any], tuple[str, ...]]]:
@@ -65,23 +67,43 @@ def cases(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any], tupl
     out: list[tuple[str, str, dict[str, Any], tuple[str, ...]]] = []
     blast = [(q, n) for q in (0, 1) for n in (1, 100)]
     for q, n in blast:
-        out.append(("loadgen", f"QoS {q}, {n} publisher{'s' if n > 1 else ''}",
-                     {"qos": q, "n_pubs": n, "at": "edge"}, ("loadgen",)))
+        out.append(
+            (
+                "loadgen",
+                f"QoS {q}, {n} publisher{'s' if n > 1 else ''}",
+                {"qos": q, "n_pubs": n, "at": "edge"},
+                ("loadgen",),
+            )
+        )
     for q, n in blast:
-        out.append(("ingest", f"QoS {q}, {n} publisher{'s' if n > 1 else ''}",
-                    {"qos": q, "n_pubs": n, "at": "edge"}, KINDS))
-    out.append(("passthrough", "QoS 1, 1 publisher", {"qos": 1, "n_pubs": 1, "at": "edge"},
-                ("amqtt-default", "amqtt-stock", "edgemq-alone")))
+        out.append(
+            ("ingest", f"QoS {q}, {n} publisher{'s' if n > 1 else ''}", {"qos": q, "n_pubs": n, "at": "edge"}, KINDS)
+        )
+    out.append(
+        (
+            "passthrough",
+            "QoS 1, 1 publisher",
+            {"qos": 1, "n_pubs": 1, "at": "edge"},
+            ("amqtt-default", "amqtt-stock", "edgemq-alone"),
+        )
+    )
     for n in (1, 100):
-        out.append(("e2e", f"QoS 1, {n} publisher{'s' if n > 1 else ''}",
-                    {"qos": 1, "n_pubs": n, "at": "cloud"}, EDGE_KINDS))
+        out.append(
+            ("e2e", f"QoS 1, {n} publisher{'s' if n > 1 else ''}", {"qos": 1, "n_pubs": n, "at": "cloud"}, EDGE_KINDS)
+        )
     for r in args.latency_rates:
         out.append(("latency", f"{r:,} msg/s QoS 1", {"rate": r, "qos": 1, "subs_at": ("edge", "cloud")}, KINDS))
     for r in args.cpu_rates:
         out.append(("cpu", f"{r:,} msg/s QoS 1", {"rate": r, "qos": 1, "subs_at": ("cloud",)}, KINDS))
     for r in args.cpu_rates:
-        out.append(("cpualone", f"{r:,} msg/s QoS 1", {"rate": r, "qos": 1, "subs_at": ("edge",)},
-                    ("edgemq-alone", "loadgen", "amqtt-stock")))
+        out.append(
+            (
+                "cpualone",
+                f"{r:,} msg/s QoS 1",
+                {"rate": r, "qos": 1, "subs_at": ("edge",)},
+                ("edgemq-alone", "loadgen", "amqtt-stock"),
+            )
+        )
     return [c for c in out if c[0] in args.only]
 
 
@@ -130,8 +152,14 @@ class BenchProgress:
         self.console = console or Console()
         self.bar: Progress | None = None
         if self.console.is_terminal:
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TextColumn("~{task.fields[left]} left"), console=self.console)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("~{task.fields[left]} left"),
+                console=self.console,
+            )
             self.task = self.bar.add_task("benchmark", total=len(plan), left="?")
             self.bar.start()
 
@@ -140,17 +168,20 @@ class BenchProgress:
         return max(len(self.plan), len(self.done) + 1)
 
     def left_s(self) -> float | None:
-        return remaining_s(self.done, self.plan[len(self.done):])
+        return remaining_s(self.done, self.plan[len(self.done) :])
 
     def begin(self, i: int, scenario: str, case: str, kind: str, rep: int) -> None:
         what = f"{scenario} {case} {kind} rep {rep}"
         if self.bar is not None:
-            self.bar.update(self.task, description=f"[{i}/{self.total}] {what}", total=self.total,
-                            left=clock_text(self.left_s()))
+            self.bar.update(
+                self.task, description=f"[{i}/{self.total}] {what}", total=self.total, left=clock_text(self.left_s())
+            )
         else:
-            print(f"[{time.strftime('%H:%M:%S')}] run {i}/{self.total}: {what} "
-                  f"(elapsed {clock_text(time.monotonic() - self.t0)}, ~{clock_text(self.left_s())} left)",
-                  flush=True)
+            print(
+                f"[{time.strftime('%H:%M:%S')}] run {i}/{self.total}: {what} "
+                f"(elapsed {clock_text(time.monotonic() - self.t0)}, ~{clock_text(self.left_s())} left)",
+                flush=True,
+            )
 
     def end(self, scenario: str, wall_s: float, line: str) -> None:
         self.done.append((scenario, wall_s))
@@ -201,14 +232,23 @@ class Runner:
             old = json.loads((self.out / "latest.json").read_text())
             # A drain of another size (e.g. --big's 1,000,000 next to the default 100,000) is kept.
             drain_case = f"{p.drain_messages:,} messages"
-            kept = [r for r in old.get("runs", []) if r["scenario"] not in args.only | {"calibrate"}
-                    or (r["scenario"] == "drain" and r["case"] != drain_case)]
+            kept = [
+                r
+                for r in old.get("runs", [])
+                if r["scenario"] not in args.only | {"calibrate"}
+                or (r["scenario"] == "drain" and r["case"] != drain_case)
+            ]
             self.data["runs"] = kept
-            self.data["merged_from"] = {"started": old.get("started"), "loadavg_start": old.get("loadavg_start"),
-                                        "loadavg_end": old.get("loadavg_end"), "total_s": old.get("total_s"),
-                                        "machine": old.get("machine"), "kept_runs": len(kept),
-                                        "only": old.get("args", {}).get("only"),
-                                        "previous": old.get("merged_from")}
+            self.data["merged_from"] = {
+                "started": old.get("started"),
+                "loadavg_start": old.get("loadavg_start"),
+                "loadavg_end": old.get("loadavg_end"),
+                "total_s": old.get("total_s"),
+                "machine": old.get("machine"),
+                "kept_runs": len(kept),
+                "only": old.get("args", {}).get("only"),
+                "previous": old.get("merged_from"),
+            }
             self.data["args"]["reps"] = old.get("args", {}).get("reps", args.reps)
 
     def save(self) -> None:
@@ -224,8 +264,14 @@ class Runner:
             self.progress.begin(self.n, scenario, case, kind, rep)
         load = os.getloadavg()
         t0 = time.monotonic()
-        rec: dict[str, Any] = {"scenario": scenario, "case": case, "kind": kind, "rep": rep,
-                               "loadavg_start": load, "params": {k: v for k, v in kw.items()}}
+        rec: dict[str, Any] = {
+            "scenario": scenario,
+            "case": case,
+            "kind": kind,
+            "rep": rep,
+            "loadavg_start": load,
+            "params": {k: v for k, v in kw.items()},
+        }
         try:
             rec["result"] = run_one(scenario, kind, work, kw, self.p)
         except KeyboardInterrupt:
@@ -240,8 +286,10 @@ class Runner:
         self.data["runs"].append(rec)
         self.save()
         short = report.one_line(rec)
-        line = (f"[{time.strftime('%H:%M:%S')}] {scenario:8s} {case:28s} {kind:9s} rep {rep}: {short} "
-                f"({rec['wall_s']:.0f}s, load {load[0]:.1f})")
+        line = (
+            f"[{time.strftime('%H:%M:%S')}] {scenario:8s} {case:28s} {kind:9s} rep {rep}: {short} "
+            f"({rec['wall_s']:.0f}s, load {load[0]:.1f})"
+        )
         if self.progress is not None:
             self.progress.end(scenario, rec["wall_s"], line)
         else:
@@ -293,41 +341,67 @@ class Runner:
         got = self.run("calibrate", "QoS 0, 1 publisher", "edgemq", 0, kw)
         rates = [got["msg_per_s"]] if got and got.get("msg_per_s") else []
         if not rates:  # fall back on the ingest runs of this benchmark
-            rates = [r["result"]["msg_per_s"] for r in self.data["runs"]
-                     if r["scenario"] == "ingest" and r["kind"] == "edgemq" and r["params"] == kw and r.get("result")]
+            rates = [
+                r["result"]["msg_per_s"]
+                for r in self.data["runs"]
+                if r["scenario"] == "ingest" and r["kind"] == "edgemq" and r["params"] == kw and r.get("result")
+            ]
         base = statistics.median(rates) if rates else 2000.0
-        self.data["overload_basis"] = {"edgemq_qos0_ingest_msg_per_s": base, "factor": 2.0,
-                                       "from": "calibration run" if got else "ingest runs"}
+        self.data["overload_basis"] = {
+            "edgemq_qos0_ingest_msg_per_s": base,
+            "factor": 2.0,
+            "from": "calibration run" if got else "ingest runs",
+        }
         return round(2 * base, -1)
 
 
 def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, sc.Params]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true",
-                    help="2-3 minute smoke: 1 rep, short windows, small counts; "
-                    "writes results/quick/, not BENCHMARKS.md")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="2-3 minute smoke: 1 rep, short windows, small counts; writes results/quick/, not BENCHMARKS.md",
+    )
     ap.add_argument("--reps", type=int, default=None, help="repetitions of each measured case (default 2)")
     ap.add_argument("--only", default="loadgen,passthrough,ingest,e2e,latency,cpu,cpualone,drain,kill,overload,idle")
-    ap.add_argument("--big", action="store_true", help="drain 1,000,000 messages (edgemq's backlog written straight "
-                    "into its buffer file) and hold 10,000 idle connections")
+    ap.add_argument(
+        "--big",
+        action="store_true",
+        help="drain 1,000,000 messages (edgemq's backlog written straight "
+        "into its buffer file) and hold 10,000 idle connections",
+    )
     ap.add_argument("--drain-messages", type=int, default=None)
-    ap.add_argument("--drain-kinds", default=",".join(EDGE_KINDS),
-                    help="which topologies drain (e.g. edgemq-mosq,mosquitto for a 1,000,000 drain without "
-                    "the amqtt cloud, which alone takes ~12 min to acknowledge it)")
+    ap.add_argument(
+        "--drain-kinds",
+        default=",".join(EDGE_KINDS),
+        help="which topologies drain (e.g. edgemq-mosq,mosquitto for a 1,000,000 drain without "
+        "the amqtt cloud, which alone takes ~12 min to acknowledge it)",
+    )
     ap.add_argument("--idle-connections", type=int, default=None)
     ap.add_argument("--overload-s", type=float, default=None)
     ap.add_argument("--overload-rate", type=float, default=None, help="fixed offered rate (default 2x measured)")
     ap.add_argument("--window-s", type=float, default=None)
     ap.add_argument("--no-report", action="store_true", help="do not touch BENCHMARKS.md")
-    ap.add_argument("--merge", action="store_true",
-                    help="re-run only --only scenarios; keep the other scenarios' runs from results/latest.json")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="re-run only --only scenarios; keep the other scenarios' runs from results/latest.json",
+    )
     args = ap.parse_args(argv)
     p = sc.Params()
     args.latency_rates = [1000, 5000]
     args.cpu_rates = [1000]
     if args.quick:
-        p = sc.Params(window_s=2.0, max_messages=40_000, latency_s=3.0, drain_messages=5_000, drain_cap_s=60,
-                      overload_s=5.0, overload_grace_s=8.0, idle_connections=300)
+        p = sc.Params(
+            window_s=2.0,
+            max_messages=40_000,
+            latency_s=3.0,
+            drain_messages=5_000,
+            drain_cap_s=60,
+            overload_s=5.0,
+            overload_grace_s=8.0,
+            idle_connections=300,
+        )
         args.cpu_rates = [1000]
         args.reps = args.reps or 1
     args.reps = args.reps or 2

@@ -35,10 +35,10 @@ from harness import (
 
 @dataclass
 class Params:
-    window_s: float = 5.0          # measured window of a throughput run
-    max_messages: int = 200_000    # message budget of a throughput run
-    latency_s: float = 8.0        # duration of a fixed-rate run
-    warmup_s: float = 1.0          # fixed-rate samples sent earlier than this are ignored
+    window_s: float = 5.0  # measured window of a throughput run
+    max_messages: int = 200_000  # message budget of a throughput run
+    latency_s: float = 8.0  # duration of a fixed-rate run
+    warmup_s: float = 1.0  # fixed-rate samples sent earlier than this are ignored
     drain_messages: int = 100_000
     drain_publishers: int = 10
     drain_cap_s: float = 600.0
@@ -47,7 +47,7 @@ class Params:
     drain_prefill: bool = False
     overload_s: float = 30.0
     overload_grace_s: float = 30.0
-    probe_rate: float = 50.0       # msg/s of the light publisher whose latency is "admitted latency"
+    probe_rate: float = 50.0  # msg/s of the light publisher whose latency is "admitted latency"
     idle_connections: int = 2_000
 
 
@@ -59,8 +59,7 @@ def pct(sorted_vals: list[float], p: float) -> float:
     return sorted_vals[k]
 
 
-def _wait(subs: list[Sub], total: int, window_s: float, first_timeout: float = 30.0,
-          tick: Any = None) -> None:
+def _wait(subs: list[Sub], total: int, window_s: float, first_timeout: float = 30.0, tick: Any = None) -> None:
     t0 = time.monotonic()
     first = None
     while True:
@@ -94,8 +93,11 @@ def throughput(arrivals: list[tuple[int, int, int]], window_s: float, expected: 
         span = window_s
         rate = len(inside) / window_s
     return {
-        "received": len(arrivals), "unique": len(set(seqs)), "in_window": len(inside),
-        "span_s": span, "msg_per_s": rate,
+        "received": len(arrivals),
+        "unique": len(set(seqs)),
+        "in_window": len(inside),
+        "span_s": span,
+        "msg_per_s": rate,
     }
 
 
@@ -131,13 +133,19 @@ def run_blast(kind: str, work: Path, *, qos: int, n_pubs: int, at: str, p: Param
         res["accepted_total"] = accepted
         res["edge_cpu_us_per_accepted"] = edge_cpu / accepted * 1e6
     got = max(1, sub.count())
-    res.update(sent_budget=total, elapsed_s=elapsed, rss_mb=rss,
-               edge_cpu_us_per_msg=edge_cpu / got * 1e6, cloud_cpu_us_per_msg=cloud_cpu / got * 1e6)
+    res.update(
+        sent_budget=total,
+        elapsed_s=elapsed,
+        rss_mb=rss,
+        edge_cpu_us_per_msg=edge_cpu / got * 1e6,
+        cloud_cpu_us_per_msg=cloud_cpu / got * 1e6,
+    )
     return res
 
 
-def latency_stats(arrivals: list[tuple[int, int, int]], sent: int, rate: float, warmup_s: float,
-                  t_sent0_ns: int | None = None) -> dict[str, Any]:
+def latency_stats(
+    arrivals: list[tuple[int, int, int]], sent: int, rate: float, warmup_s: float, t_sent0_ns: int | None = None
+) -> dict[str, Any]:
     """Latency of every message sent after the warm-up; one that never arrived counts as infinite."""
     skip = int(rate * warmup_s)
     by_seq = {}
@@ -146,14 +154,25 @@ def latency_stats(arrivals: list[tuple[int, int, int]], sent: int, rate: float, 
     lats = sorted(by_seq.get(s, math.inf) for s in range(skip, sent))
     missing = sum(1 for x in lats if x == math.inf)
     return {
-        "samples": len(lats), "missing": missing,
-        "p50_ms": pct(lats, 50), "p99_ms": pct(lats, 99), "p999_ms": pct(lats, 99.9),
+        "samples": len(lats),
+        "missing": missing,
+        "p50_ms": pct(lats, 50),
+        "p99_ms": pct(lats, 99),
+        "p999_ms": pct(lats, 99.9),
         "max_ms": lats[-1] if lats else math.nan,
     }
 
 
-def run_paced(kind: str, work: Path, *, rate: float, qos: int, subs_at: tuple[str, ...], p: Params,
-              duration_s: float | None = None) -> dict[str, Any]:
+def run_paced(
+    kind: str,
+    work: Path,
+    *,
+    rate: float,
+    qos: int,
+    subs_at: tuple[str, ...],
+    p: Params,
+    duration_s: float | None = None,
+) -> dict[str, Any]:
     """Scenario 3 and CPU per message: one publisher at a fixed offered rate."""
     duration = duration_s or p.latency_s
     with make_topology(kind, work).start() as topo:
@@ -173,8 +192,7 @@ def run_paced(kind: str, work: Path, *, rate: float, qos: int, subs_at: tuple[st
             pub.close()
             for s in subs.values():
                 s.close()
-    res: dict[str, Any] = {"offered": rate, "sent": pub.sent, "publisher_blocked_s": pub.blocked_s,
-                           "edge_rss_mb": rss}
+    res: dict[str, Any] = {"offered": rate, "sent": pub.sent, "publisher_blocked_s": pub.blocked_s, "edge_rss_mb": rss}
     for at, s in subs.items():
         arr = s.arrivals()
         res[at] = latency_stats(arr, pub.sent, rate, p.warmup_s)
@@ -186,8 +204,9 @@ def run_paced(kind: str, work: Path, *, rate: float, qos: int, subs_at: tuple[st
     return res
 
 
-def run_drain(kind: str, work: Path, *, p: Params, profile: Path | None = None,
-              topo_kw: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_drain(
+    kind: str, work: Path, *, p: Params, profile: Path | None = None, topo_kw: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Scenario 4: fill a backlog while the cloud is down, start the cloud, time the drain.
 
     ``profile``: record the edge process with py-spy (raw collapsed stacks) during the drain.
@@ -206,6 +225,7 @@ def run_drain(kind: str, work: Path, *, p: Params, profile: Path | None = None,
         edge_sub = Sub(work, "edge", topo.edge_port, 1)
         blast = Blast(files, topo.edge_port, 1, hold_s=p.drain_cap_s + 60)
         last, last_change = 0, time.monotonic()
+
         def backlog() -> int:
             # Mosquitto: a local subscriber has every message (each one was accepted and queued
             # for the bridge). edgemq: the buffer's own depth (its local delivery can lag far behind).
@@ -236,9 +256,23 @@ def run_drain(kind: str, work: Path, *, p: Params, profile: Path | None = None,
         spy = None
         if profile is not None and topo.edge is not None:
             exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-            spy = subprocess.Popen([exe, "record", "--format", "raw", "-o", str(profile), "--pid",
-                                    str(topo.edge.pid), "--rate", "100", "--nonblocking"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            spy = subprocess.Popen(
+                [
+                    exe,
+                    "record",
+                    "--format",
+                    "raw",
+                    "-o",
+                    str(profile),
+                    "--pid",
+                    str(topo.edge.pid),
+                    "--rate",
+                    "100",
+                    "--nonblocking",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         last, last_change = 0, time.monotonic()
         t1 = time.monotonic()
         while True:
@@ -257,20 +291,29 @@ def run_drain(kind: str, work: Path, *, p: Params, profile: Path | None = None,
     finally:
         topo.stop()
     arr = cloud_sub.arrivals()
-    res: dict[str, Any] = {"backlog": total, "filled": filled, "prefilled": prefill, "fill_s": fill_s,
-                           "fill_msg_per_s": filled / fill_s,
-                           "edge_rss_mb_with_backlog": edge_rss, "received": len(arr),
-                           "unique": len({a[1] for a in arr})}
+    res: dict[str, Any] = {
+        "backlog": total,
+        "filled": filled,
+        "prefilled": prefill,
+        "fill_s": fill_s,
+        "fill_msg_per_s": filled / fill_s,
+        "edge_rss_mb_with_backlog": edge_rss,
+        "received": len(arr),
+        "unique": len({a[1] for a in arr}),
+    }
     if arr:
         t_first, t_last = arr[0][0], arr[-1][0]
-        res.update(first_after_start_s=(t_first - t_start_ns) / 1e9,
-                   drain_s_from_cloud_start=(t_last - t_start_ns) / 1e9,
-                   drain_msg_per_s=(len(arr) - 1) / max(1e-9, (t_last - t_first) / 1e9),
-                   edge_cpu_us_per_msg=edge_cpu / len(arr) * 1e6,
-                   timeline=_timeline([a[0] for a in arr], t_start_ns))
+        res.update(
+            first_after_start_s=(t_first - t_start_ns) / 1e9,
+            drain_s_from_cloud_start=(t_last - t_start_ns) / 1e9,
+            drain_msg_per_s=(len(arr) - 1) / max(1e-9, (t_last - t_first) / 1e9),
+            edge_cpu_us_per_msg=edge_cpu / len(arr) * 1e6,
+            timeline=_timeline([a[0] for a in arr], t_start_ns),
+        )
     if stats_before.get("buffer"):
-        res["edgemq_buffer_before"] = {k: stats_before["buffer"].get(k) for k in
-                                       ("depth_messages", "depth_bytes", "dropped")}
+        res["edgemq_buffer_before"] = {
+            k: stats_before["buffer"].get(k) for k in ("depth_messages", "depth_bytes", "dropped")
+        }
     return res
 
 
@@ -285,8 +328,11 @@ def prefill_buffer(topo: Any, n_pubs: int, per_pub: int) -> None:
     try:
         now = time.time()
         for base in range(0, per_pub, 1000):  # interleave publishers like concurrent ones
-            recs = [Record(topic=topic_of(i), payload=line(i * per_pub + k)[:-1], device=f"plant-1/dev-{i:03d}")
-                    for k in range(base, min(base + 1000, per_pub)) for i in range(n_pubs)]
+            recs = [
+                Record(topic=topic_of(i), payload=line(i * per_pub + k)[:-1], device=f"plant-1/dev-{i:03d}")
+                for k in range(base, min(base + 1000, per_pub))
+                for i in range(n_pubs)
+            ]
             buf.append_many(recs, now)
     finally:
         buf.close()
@@ -318,18 +364,25 @@ def run_overload(kind: str, work: Path, *, rate: float, p: Params) -> dict[str, 
         pub_ps = None
         try:
             import psutil
+
             pub_ps = psutil.Process(pub.proc.pid)
             end = t0 + p.overload_s + p.overload_grace_s
             phase_end = t0 + p.overload_s
             while time.monotonic() < end:
                 now = time.monotonic()
                 st = topo.stats()
-                samples.append({
-                    "t": now - t0, "edge_rss_mb": rss_mb(topo.edge_procs()),
-                    "cloud_rss_mb": rss_mb(topo.cloud_procs()), "pub_rss_mb": rss_mb([pub_ps]),
-                    "edge_rx": subs["edge"].count(), "cloud_rx": subs["cloud"].count(), "sent": pub.sent,
-                    "buffer_depth": (st.get("buffer") or {}).get("depth_messages"),
-                })
+                samples.append(
+                    {
+                        "t": now - t0,
+                        "edge_rss_mb": rss_mb(topo.edge_procs()),
+                        "cloud_rss_mb": rss_mb(topo.cloud_procs()),
+                        "pub_rss_mb": rss_mb([pub_ps]),
+                        "edge_rx": subs["edge"].count(),
+                        "cloud_rx": subs["cloud"].count(),
+                        "sent": pub.sent,
+                        "buffer_depth": (st.get("buffer") or {}).get("depth_messages"),
+                    }
+                )
                 if now > phase_end and pub.done.is_set() and subs["cloud"].count() >= pub.sent:
                     break
                 time.sleep(0.5)
@@ -339,8 +392,13 @@ def run_overload(kind: str, work: Path, *, rate: float, p: Params) -> dict[str, 
             probe.close()
             for s in (*subs.values(), probe_sub):
                 s.close()
-    res: dict[str, Any] = {"offered": rate, "duration_s": p.overload_s, "sent": pub.sent,
-                           "publisher_blocked_s": pub.blocked_s, "samples": samples}
+    res: dict[str, Any] = {
+        "offered": rate,
+        "duration_s": p.overload_s,
+        "sent": pub.sent,
+        "publisher_blocked_s": pub.blocked_s,
+        "samples": samples,
+    }
     in_phase = [s for s in samples if s["t"] <= p.overload_s + 0.5]
     res["edge_rss_mb_max"] = max((s["edge_rss_mb"] for s in samples), default=0)
     res["edge_rss_mb_start"] = samples[0]["edge_rss_mb"] if samples else 0
@@ -375,5 +433,11 @@ def run_idle(kind: str, work: Path, *, p: Params) -> dict[str, Any]:
             return len(conns), secs, failed, after
 
         n, secs, failed, after = asyncio.run(hold())
-    return {"connections": n, "failed": failed, "connect_s": secs, "rss_before_mb": before, "rss_after_mb": after,
-            "kb_per_connection": (after - before) * 1000 / max(1, n)}
+    return {
+        "connections": n,
+        "failed": failed,
+        "connect_s": secs,
+        "rss_before_mb": before,
+        "rss_after_mb": after,
+        "kb_per_connection": (after - before) * 1000 / max(1, n),
+    }

@@ -38,12 +38,16 @@ BEGIN, END = "<!-- site:begin -->", "<!-- site:end -->"
 
 
 def config(work: Path, n: int) -> tuple[ClusterConfig, Path]:
-    cfg = ClusterConfig.model_validate({
-        "run_dir": str(work / "run"),
-        "cloud": {"embedded": True, "host": HOST, "port": free_port()},
-        "sites": [{"id": SITE, "brokers": [{"id": f"a{i + 1}", "host": HOST, "port": free_port()} for i in range(n)]}],
-        "bridge": {"reconnect_min_s": 0.2, "reconnect_max_s": 2.0},
-    })
+    cfg = ClusterConfig.model_validate(
+        {
+            "run_dir": str(work / "run"),
+            "cloud": {"embedded": True, "host": HOST, "port": free_port()},
+            "sites": [
+                {"id": SITE, "brokers": [{"id": f"a{i + 1}", "host": HOST, "port": free_port()} for i in range(n)]}
+            ],
+            "bridge": {"reconnect_min_s": 0.2, "reconnect_max_s": 2.0},
+        }
+    )
     from benchmarks.harness import cluster_toml
 
     path = work / "cluster.toml"
@@ -77,10 +81,12 @@ def run_case(n: int, site_wide: bool, messages: int) -> dict[str, Any]:
         assert wait_port(cfg.cloud.port)
         brokers = cfg.sites[0].brokers
         for b in brokers:
-            procs.append(spawn([*edgemq, "edge", "--config", str(path), "--broker", f"{SITE}/{b.id}"],
-                               log=work / f"{b.id}.log"))
+            procs.append(
+                spawn([*edgemq, "edge", "--config", str(path), "--broker", f"{SITE}/{b.id}"], log=work / f"{b.id}.log")
+            )
         for b in brokers:
             assert wait_port(b.port)
+
         def linked(broker: str) -> bool:
             peers = stats(cfg, broker).get("site_peers", {}).get("peers")
             return peers is not None and len(peers) == n - 1 and all(p["state"] == "up" for p in peers.values())
@@ -88,13 +94,46 @@ def run_case(n: int, site_wide: bool, messages: int) -> dict[str, Any]:
         wait(lambda: all(linked(b.id) for b in brokers), 60, "peer links up")
         subs = []
         for b in brokers:
-            subs.append(spawn(["mosquitto_sub", "-h", HOST, "-p", str(b.port), "-q", "1", "-C", str(messages),
-                               "-t", f"telemetry/{SITE}/{b.id}/#"]))
+            subs.append(
+                spawn(
+                    [
+                        "mosquitto_sub",
+                        "-h",
+                        HOST,
+                        "-p",
+                        str(b.port),
+                        "-q",
+                        "1",
+                        "-C",
+                        str(messages),
+                        "-t",
+                        f"telemetry/{SITE}/{b.id}/#",
+                    ]
+                )
+            )
         if site_wide:
-            subs.append(spawn(["mosquitto_sub", "-h", HOST, "-p", str(brokers[0].port), "-q", "1",
-                               "-C", str(messages * n), "-t", f"telemetry/{SITE}/#"]))
-            wait(lambda: f"telemetry/{SITE}/#" in stats(cfg, "a1").get("site_peers", {}).get("interest", []),
-                 30, "site-wide interest at a1")
+            subs.append(
+                spawn(
+                    [
+                        "mosquitto_sub",
+                        "-h",
+                        HOST,
+                        "-p",
+                        str(brokers[0].port),
+                        "-q",
+                        "1",
+                        "-C",
+                        str(messages * n),
+                        "-t",
+                        f"telemetry/{SITE}/#",
+                    ]
+                )
+            )
+            wait(
+                lambda: f"telemetry/{SITE}/#" in stats(cfg, "a1").get("site_peers", {}).get("interest", []),
+                30,
+                "site-wide interest at a1",
+            )
             ts = time.time()
             # The peers learn a1's interest over their links; their next stats snapshot shows it.
             wait(lambda: all(stats(cfg, b.id).get("ts", 0) > ts + 1 for b in brokers), 30, "peers caught up")
@@ -105,12 +144,28 @@ def run_case(n: int, site_wide: bool, messages: int) -> dict[str, Any]:
         blast.write_bytes(line * messages)
         load = os.getloadavg()[0]
         t0 = time.perf_counter()
-        pubs = [spawn(["sh", "-c", f"cat {blast}; exec sleep 600"], stdout=subprocess.PIPE, group=True)
-                for _ in brokers]
+        pubs = [
+            spawn(["sh", "-c", f"cat {blast}; exec sleep 600"], stdout=subprocess.PIPE, group=True) for _ in brokers
+        ]
         feeders = []
         for b, feeder in zip(brokers, pubs, strict=True):
-            feeders.append(spawn(["mosquitto_pub", "-h", HOST, "-p", str(b.port), "-q", "1", "-l",
-                                  "-t", f"telemetry/{SITE}/{b.id}/load"], stdin=feeder.stdout))
+            feeders.append(
+                spawn(
+                    [
+                        "mosquitto_pub",
+                        "-h",
+                        HOST,
+                        "-p",
+                        str(b.port),
+                        "-q",
+                        "1",
+                        "-l",
+                        "-t",
+                        f"telemetry/{SITE}/{b.id}/load",
+                    ],
+                    stdin=feeder.stdout,
+                )
+            )
         for s in subs:
             s.wait(timeout=600)
         elapsed = time.perf_counter() - t0
@@ -119,9 +174,16 @@ def run_case(n: int, site_wide: bool, messages: int) -> dict[str, Any]:
         time.sleep(STATS_SETTLE_S)
         fwd = sum(stats(cfg, b.id).get("site_peers", {}).get("forwarded", 0) for b in brokers)
         rcv = sum(stats(cfg, b.id).get("site_peers", {}).get("received", 0) for b in brokers)
-        return {"brokers": n, "site_wide": site_wide, "messages": messages * n, "elapsed_s": round(elapsed, 2),
-                "msg_per_s": round(messages * n / elapsed), "forwarded": fwd, "received": rcv,
-                "load_at_start": round(load, 2)}
+        return {
+            "brokers": n,
+            "site_wide": site_wide,
+            "messages": messages * n,
+            "elapsed_s": round(elapsed, 2),
+            "msg_per_s": round(messages * n / elapsed),
+            "forwarded": fwd,
+            "received": rcv,
+            "load_at_start": round(load, 2),
+        }
     finally:
         for p in reversed(procs):
             stop(p)
@@ -132,8 +194,10 @@ STATS_SETTLE_S = 1.5
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    rows = ["| brokers | without site-wide subscriber | with one on a1 | overhead | forwarded over peer links |",
-            "| --- | --- | --- | --- | --- |"]
+    rows = [
+        "| brokers | without site-wide subscriber | with one on a1 | overhead | forwarded over peer links |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for n in sorted({r["brokers"] for r in results}):
         base = [r for r in results if r["brokers"] == n and not r["site_wide"]]
         wide = [r for r in results if r["brokers"] == n and r["site_wide"]]
@@ -153,7 +217,7 @@ def write_section(results: list[dict[str, Any]], meta: dict[str, Any], messages:
     body = f"""{BEGIN}
 ## Site peering: peer-forwarding overhead (issue 6)
 
-`benchmarks/site_bench.py`, run {time.strftime('%Y-%m-%d %H:%M:%S %z')}. A site of 1, 2 or 3 edge
+`benchmarks/site_bench.py`, run {time.strftime("%Y-%m-%d %H:%M:%S %z")}. A site of 1, 2 or 3 edge
 brokers (each its own process; embedded cloud running, so every uplink drains), one
 `mosquitto_pub -l` per broker blasting {messages:,} QoS 1 messages of 100 bytes on its own topic, one
 `mosquitto_sub` per broker on its own broker's topic (no interest crosses). *With*: one more
@@ -172,7 +236,7 @@ twice) and 0 without it (the per-broker subscribers' interest never matched anot
 topic). More brokers do not add throughput here: all processes (brokers, cloud, load generators)
 share 2 CPUs.
 
-Machine: {meta['nproc']} CPUs, {meta['cpu_model']}; CPython {meta['python']}; code: {meta['git']}.
+Machine: {meta["nproc"]} CPUs, {meta["cpu_model"]}; CPython {meta["python"]}; code: {meta["git"]}.
 1-min load average at the start of the runs: {min(loads):.2f}–{max(loads):.2f} (shared machine: other
 engineers' test suites were running; absolute figures are lower bounds, the comparison within a row
 is what this measures). Raw: `benchmarks/results/site.json`.
@@ -196,8 +260,12 @@ def main() -> None:
     out = ROOT / "benchmarks" / "results" / "site.json"
     if args.rewrite:
         raw = json.loads(out.read_text())
-        write_section(raw["results"], raw["meta"], raw["results"][0]["messages"] // raw["results"][0]["brokers"],
-                      len(raw["results"]) // 6 or 1)
+        write_section(
+            raw["results"],
+            raw["meta"],
+            raw["results"][0]["messages"] // raw["results"][0]["brokers"],
+            len(raw["results"]) // 6 or 1,
+        )
         return
     meta = machine()
     results = []

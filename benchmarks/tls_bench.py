@@ -127,9 +127,21 @@ class Broker:
                 f"tls_port = {self.tls_port}\n"
             )
             self.proc = spawn(
-                [sys.executable, "-m", "edgemq", "broker", "edge", "--config", str(conf), "--broker", "plant-1/a1",
-                 "--log-level", "WARNING"],
-                log=self.work / "edge.log", env={"EDGEMQ_METRICS_PORT": "-1"},
+                [
+                    sys.executable,
+                    "-m",
+                    "edgemq",
+                    "broker",
+                    "edge",
+                    "--config",
+                    str(conf),
+                    "--broker",
+                    "plant-1/a1",
+                    "--log-level",
+                    "WARNING",
+                ],
+                log=self.work / "edge.log",
+                env={"EDGEMQ_METRICS_PORT": "-1"},
             )
         if not (wait_port(self.port) and wait_port(self.tls_port)):
             raise RuntimeError(f"{self.kind} did not start; see {self.work}")
@@ -250,16 +262,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if tls:
                         rec["password"] = connect_rate(broker, tls, args.connects, THREADS, passwords=True)
                     records.append(rec)
-                    say(f"rep {rep} {kind:<9} tls={tls!s:<5} seq {rec['sequential']['connects_per_s']:7.1f}/s  "
-                        f"par {rec['parallel']['connects_per_s']:7.1f}/s  qos1 {rec['qos1']['msgs_per_s']:8.0f}/s")
+                    say(
+                        f"rep {rep} {kind:<9} tls={tls!s:<5} seq {rec['sequential']['connects_per_s']:7.1f}/s  "
+                        f"par {rec['parallel']['connects_per_s']:7.1f}/s  qos1 {rec['qos1']['msgs_per_s']:8.0f}/s"
+                    )
             finally:
                 broker.stop()
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
-    return {"machine": machine(), "load_before": load_before, "load_after": os.getloadavg(),
-            "params": {"reps": args.reps, "connects": args.connects, "threads": THREADS,
-                       "messages": args.messages, "payload_bytes": harness.PAYLOAD},
-            "records": records, "workdir": str(work) if args.keep else None}
+    return {
+        "machine": machine(),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "params": {
+            "reps": args.reps,
+            "connects": args.connects,
+            "threads": THREADS,
+            "messages": args.messages,
+            "payload_bytes": harness.PAYLOAD,
+        },
+        "records": records,
+        "workdir": str(work) if args.keep else None,
+    }
 
 
 def say(msg: str) -> None:
@@ -283,10 +307,17 @@ def section(data: dict[str, Any]) -> str:
     for kind in ("edgemq", "mosquitto"):
         pw = [r["password"] for r in data["records"] if r["kind"] == kind and "password" in r]
         if pw:
-            pw_rows.append((kind, statistics.median(x["connects_per_s"] for x in pw),
-                            statistics.median(x["broker_cpu_ms_per_connect"] for x in pw)))
-    rows = ["| metric | edgemq plain | edgemq TLS | TLS/plain | Mosquitto plain | Mosquitto TLS | TLS/plain |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            pw_rows.append(
+                (
+                    kind,
+                    statistics.median(x["connects_per_s"] for x in pw),
+                    statistics.median(x["broker_cpu_ms_per_connect"] for x in pw),
+                )
+            )
+    rows = [
+        "| metric | edgemq plain | edgemq TLS | TLS/plain | Mosquitto plain | Mosquitto TLS | TLS/plain |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for title, pick, fmt in metrics:
         cells = [title]
         for kind in ("edgemq", "mosquitto"):
@@ -294,9 +325,14 @@ def section(data: dict[str, Any]) -> str:
             cells += [fmt.format(plain), fmt.format(tls), f"{tls / plain:.2f}×" if plain else "-"]
         rows.append("| " + " | ".join(cells) + " |")
     if pw_rows:
-        rows += ["", f"TLS + a password check, {p['threads']} threads, each connection a different user (its first "
-                 "login: no cache):", "", "| broker | connects/s | broker CPU ms per connect |",
-                 "| --- | ---: | ---: |"]
+        rows += [
+            "",
+            f"TLS + a password check, {p['threads']} threads, each connection a different user (its first "
+            "login: no cache):",
+            "",
+            "| broker | connects/s | broker CPU ms per connect |",
+            "| --- | ---: | ---: |",
+        ]
         rows += [f"| {kind} | {rate_:,.0f} | {cpu_:.2f} |" for kind, rate_, cpu_ in pw_rows]
     loads = [r["load1"] for r in data["records"]]
 
@@ -326,33 +362,36 @@ def section(data: dict[str, Any]) -> str:
         "JSON)."
     )
     lb, la = data["load_before"], data["load_after"]
-    return "\n".join([
-        BEGIN,
-        "## TLS: connection set-up and QoS 1 throughput, TLS on vs off (edgemq edge broker and Mosquitto)",
-        "",
-        "`make bench-tls` (benchmarks/tls_bench.py). Same machine, same run, same certificates (a trustme CA and "
-        f"an ECDSA server certificate for 127.0.0.1); medians of {p['reps']} repetitions, fresh broker processes "
-        "each, the two brokers alternating. In the first table both brokers take anonymous clients, so only TLS "
-        "differs. Connect: "
-        f"{p['connects']} × (TCP, TLS handshake if on, CONNECT → CONNACK 0 → DISCONNECT) from one thread, then "
-        f"from {p['threads']} threads at once (client side Python `ssl`, the same for both brokers). QoS 1: one "
-        f"`mosquitto_pub -l -q 1` sending {p['messages']:,} {p['payload_bytes']}-byte messages to `{TOPIC}` (outside "
-        "the uplink rules: edgemq's broker path without the SQLite buffer), timed until it exits with every PUBACK "
-        "in. Broker CPU from psutil (user + system of the broker process). Mosquitto runs with `set_tcp_nodelay "
-        "true`: with its default (false) its CONNACK after a TLS 1.3 handshake waits for the client's delayed ACK, "
-        "~42 ms per connection (measured: 22 connects/s sequential); asyncio sets TCP_NODELAY itself, so edgemq "
-        "does not have that problem.",
-        "",
-        *rows,
-        "",
-        reading,
-        "",
-        f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), Python {m['python']}, Mosquitto {m['mosquitto']}, "
-        f"{m['git']}. Shared machine: load average (1/5/15 min) {lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f} before, "
-        f"{la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f} after; 1-min load at each case {min(loads):.2f}–{max(loads):.2f}. "
-        "Raw records: benchmarks/results/tls.json.",
-        END,
-    ])
+    return "\n".join(
+        [
+            BEGIN,
+            "## TLS: connection set-up and QoS 1 throughput, TLS on vs off (edgemq edge broker and Mosquitto)",
+            "",
+            "`make bench-tls` (benchmarks/tls_bench.py). Same machine, same run, same certificates (a trustme CA and "
+            f"an ECDSA server certificate for 127.0.0.1); medians of {p['reps']} repetitions, fresh broker processes "
+            "each, the two brokers alternating. In the first table both brokers take anonymous clients, so only TLS "
+            "differs. Connect: "
+            f"{p['connects']} × (TCP, TLS handshake if on, CONNECT → CONNACK 0 → DISCONNECT) from one thread, then "
+            f"from {p['threads']} threads at once (client side Python `ssl`, the same for both brokers). QoS 1: one "
+            f"`mosquitto_pub -l -q 1` sending {p['messages']:,} {p['payload_bytes']}-byte messages to `{TOPIC}` "
+            "(outside the uplink rules: edgemq's broker path without the SQLite buffer), timed until it exits with "
+            "every PUBACK in. Broker CPU from psutil (user + system of the broker process). Mosquitto runs with "
+            "`set_tcp_nodelay true`: with its default (false) its CONNACK after a TLS 1.3 handshake waits for the "
+            "client's delayed ACK, "
+            "~42 ms per connection (measured: 22 connects/s sequential); asyncio sets TCP_NODELAY itself, so edgemq "
+            "does not have that problem.",
+            "",
+            *rows,
+            "",
+            reading,
+            "",
+            f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), Python {m['python']}, Mosquitto {m['mosquitto']}, "
+            f"{m['git']}. Shared machine: load average (1/5/15 min) {lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f} before, "
+            f"{la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f} after; 1-min load at each case {min(loads):.2f}–{max(loads):.2f}. "
+            "Raw records: benchmarks/results/tls.json.",
+            END,
+        ]
+    )
 
 
 def write_section(text: str) -> None:

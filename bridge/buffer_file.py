@@ -56,7 +56,6 @@ class Unusable(Exception):
     """The file is not a usable buffer (corrupt, not SQLite, or someone else's schema)."""
 
 
-
 # ------------------------------------------------------------------ file level
 
 

@@ -96,8 +96,11 @@ class CommandQueue:
             conn.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[durability]}")
             _ensure_schema(conn, path)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the command queue {path}: {exc}", path=str(path),
-                             hint="move the file aside; queued commands in it are lost") from exc
+            raise StoreError(
+                f"cannot open the command queue {path}: {exc}",
+                path=str(path),
+                hint="move the file aside; queued commands in it are lost",
+            ) from exc
         return cls(conn, path, max_commands)
 
     def close(self) -> None:
@@ -105,15 +108,15 @@ class CommandQueue:
 
     # ------------------------------------------------------------ operations
 
-    def put(self, device: str, topic: str, payload: bytes, qos: int, retain: bool, *, now: float,
-            ttl_s: float) -> int:
+    def put(self, device: str, topic: str, payload: bytes, qos: int, retain: bool, *, now: float, ttl_s: float) -> int:
         """Queue one command; return its seq. Evicts the oldest rows if the queue is full."""
         with self._txn() as c:
             depth = c.execute("SELECT count(*) FROM commands").fetchone()[0]
             excess = depth + 1 - self.max_commands
             if excess > 0:
-                c.execute("DELETE FROM commands WHERE seq IN (SELECT seq FROM commands ORDER BY seq LIMIT ?)",
-                          (excess,))
+                c.execute(
+                    "DELETE FROM commands WHERE seq IN (SELECT seq FROM commands ORDER BY seq LIMIT ?)", (excess,)
+                )
                 _bump(c, "overflow", excess)
             cur = c.execute(
                 "INSERT INTO commands (device, topic, payload, qos, retain, enqueued_at, expires_at) "
@@ -198,8 +201,11 @@ def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
     db = sqlite_utils.Database(conn)
     tables = set(db.table_names()) - {"sqlite_sequence"}
     if tables and not {"commands", "meta"} <= tables:
-        raise StoreError(f"{path} is not an edgemq command queue (tables: {sorted(tables)})", path=str(path),
-                         hint="point the broker's run directory elsewhere or move the file aside")
+        raise StoreError(
+            f"{path} is not an edgemq command queue (tables: {sorted(tables)})",
+            path=str(path),
+            hint="point the broker's run directory elsewhere or move the file aside",
+        )
     if not tables:
         # AUTOINCREMENT: a seq is never reused, so a stale seq can never delete a newer command.
         conn.execute(
@@ -211,9 +217,14 @@ def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
         db.table("meta").create({"key": str, "value": int}, pk="key", not_null=["value"], strict=True)
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     if row is not None and int(row[0]) > SCHEMA_VERSION:
-        raise StoreError(f"command queue schema {row[0]} is newer than this edgemq ({SCHEMA_VERSION})",
-                         path=str(path), hint="run a newer edgemq")
+        raise StoreError(
+            f"command queue schema {row[0]} is newer than this edgemq ({SCHEMA_VERSION})",
+            path=str(path),
+            hint="run a newer edgemq",
+        )
     conn.execute("BEGIN IMMEDIATE")
-    conn.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
-                     [("schema_version", SCHEMA_VERSION), *((k, 0) for k in _COUNTERS)])
+    conn.executemany(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+        [("schema_version", SCHEMA_VERSION), *((k, 0) for k in _COUNTERS)],
+    )
     conn.execute("COMMIT")

@@ -207,8 +207,13 @@ class Uplink:
             except (LinkBroken, OSError, ssl.SSLError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self._ratelog.warning(
-                    "link-down", "uplink %s/%s to %s:%s down: %s",
-                    self.site, self.broker_id, self.cloud.host, self.cloud.port, self.last_error,
+                    "link-down",
+                    "uplink %s/%s to %s:%s down: %s",
+                    self.site,
+                    self.broker_id,
+                    self.cloud.host,
+                    self.cloud.port,
+                    self.last_error,
                 )
             if self.state == "connected":
                 self.disconnects += 1
@@ -246,17 +251,20 @@ class Uplink:
             log.info("uplink %s/%s connected to %s:%s", self.site, self.broker_id, self.cloud.host, self.cloud.port)
             queue: asyncio.Queue[wire.Publish] = asyncio.Queue()
             conn.on_message = queue.put_nowait
-            online = json.dumps(
-                {"site": self.site, "broker": self.broker_id, "state": "online", "since": time.time()}
-            )
+            online = json.dumps({"site": self.site, "broker": self.broker_id, "state": "online", "since": time.time()})
             await conn.publish(state_topic(self.site, self.broker_id), online.encode(), qos=1, retain=True)
             filters = [(f, min(q, 1)) for f, q in self.downlink_map.remote_filters()]
             if filters:
                 codes = await conn.subscribe(filters)
                 for (topic_filter, _), code in zip(filters, codes, strict=False):
                     if code >= 0x80:
-                        log.warning("uplink %s/%s: the cloud refused the subscription %s (code %#04x)",
-                                    self.site, self.broker_id, topic_filter, code)
+                        log.warning(
+                            "uplink %s/%s: the cloud refused the subscription %s (code %#04x)",
+                            self.site,
+                            self.broker_id,
+                            topic_filter,
+                            code,
+                        )
             # Every task shares the connection: the first to fail ends it, and its own
             # exception (not an ExceptionGroup) goes to run()'s reconnect logic.
             closed = asyncio.create_task(conn.wait_closed(), name=f"uplink-closed-{self.broker_id}")
@@ -355,8 +363,9 @@ class Uplink:
                 window.sent(pid, seq, now)
             else:
                 done_qos0.append(seq)
-            items.append((remote, rec.payload, qos, bool(rec.retain), pid,
-                          f"{self.site}/{self.broker_id}/{seq}" if v5 else None))
+            items.append(
+                (remote, rec.payload, qos, bool(rec.retain), pid, f"{self.site}/{self.broker_id}/{seq}" if v5 else None)
+            )
         self._sent_high, self.resent = sent_high, resent
         conn.write(wire.encode_publishes(items, version=conn.version, id_key=ID_PROPERTY))
         for seq in done_qos0:  # QoS 0: written out, nothing to wait for
@@ -386,8 +395,12 @@ class Uplink:
             # any acknowledged one, and the refusal is counted and logged: never silent.
             self.refused_upstream += 1
             self._ratelog.warning(
-                "refused-upstream", "uplink %s/%s: the cloud refused %s: reason code %#04x",
-                self.site, self.broker_id, self.message_id(seq), reason,
+                "refused-upstream",
+                "uplink %s/%s: the cloud refused %s: reason code %#04x",
+                self.site,
+                self.broker_id,
+                self.message_id(seq),
+                reason,
             )
         self._on_acked(seq)
 

@@ -139,7 +139,12 @@ class PeerLink:
 
     def statistics(self) -> PeerLinkStats:
         return PeerLinkStats(
-            self.peer, self.state, self.connects, self.forwarded, self.forwarded_bytes, self.dropped,
+            self.peer,
+            self.state,
+            self.connects,
+            self.forwarded,
+            self.forwarded_bytes,
+            self.dropped,
             self.interest.filters,
         )
 

@@ -97,10 +97,18 @@ class SitePeers:
 
     def _link(self, peer: str, host: str, port: int) -> PeerLink:
         return PeerLink(
-            self.site, self.me, peer, host, port, on_control=self._on_control, on_link=self._on_link,
+            self.site,
+            self.me,
+            peer,
+            host,
+            port,
+            on_control=self._on_control,
+            on_link=self._on_link,
             hello=lambda: self._last_state,
-            reconnect_min_s=self._reconnect[0], reconnect_max_s=self._reconnect[1],
-            login=self.login, tls_port=self._tls_ports.get(peer),
+            reconnect_min_s=self._reconnect[0],
+            reconnect_max_s=self._reconnect[1],
+            login=self.login,
+            tls_port=self._tls_ports.get(peer),
         )
 
     # -- lifecycle -------------------------------------------------------------------
@@ -267,7 +275,8 @@ class SitePeers:
 
     def _local(self) -> tuple[str, ...]:
         filters = (
-            f for f, clients in self.local_filters().items()
+            f
+            for f, clients in self.local_filters().items()
             if any(not c.startswith(INTERNAL_PREFIXES) for c in clients)
         )
         return interest_doc.summarize(filters)

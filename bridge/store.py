@@ -81,6 +81,7 @@ __all__ = ["Store", "store_error"]
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(slots=True)
 class _Batch:
     """What one event-loop turn handed over: acks (applied first), then appends in order."""

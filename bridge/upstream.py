@@ -47,8 +47,11 @@ __all__ = ["ConnectSpec", "Upstream"]
 log = logging.getLogger(__name__)
 
 CONNACK_CODES_311 = {
-    1: "unacceptable protocol version", 2: "identifier rejected", 3: "server unavailable",
-    4: "bad user name or password", 5: "not authorized",
+    1: "unacceptable protocol version",
+    2: "identifier rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorized",
 }
 
 
@@ -106,21 +109,32 @@ class Upstream(asyncio.Protocol):
         try:
             async with asyncio.timeout(spec.timeout_s):
                 _, conn = await loop.create_connection(
-                    lambda: cls(spec.version), spec.host, spec.port,
-                    ssl=spec.ssl_context, server_hostname=spec.host if spec.ssl_context else None,
+                    lambda: cls(spec.version),
+                    spec.host,
+                    spec.port,
+                    ssl=spec.ssl_context,
+                    server_hostname=spec.host if spec.ssl_context else None,
                 )
-                conn.write(wire.encode_connect(
-                    spec.client_id, version=spec.version, clean=spec.clean, keepalive=spec.keepalive,
-                    username=spec.username, password=spec.password, will=spec.will,
-                    session_expiry=spec.session_expiry,
-                ))
+                conn.write(
+                    wire.encode_connect(
+                        spec.client_id,
+                        version=spec.version,
+                        clean=spec.clean,
+                        keepalive=spec.keepalive,
+                        username=spec.username,
+                        password=spec.password,
+                        will=spec.will,
+                        session_expiry=spec.session_expiry,
+                    )
+                )
                 connack = await asyncio.shield(conn._connack)
         except BaseException as exc:
             if conn is not None:
                 conn.abort()  # never leave a half-open connection behind (timeout, cancel, refusal)
             if isinstance(exc, TimeoutError):
-                raise LinkBroken(f"no CONNACK from {spec.host}:{spec.port} within {spec.timeout_s:g} s",
-                                 recoverable=True) from exc
+                raise LinkBroken(
+                    f"no CONNACK from {spec.host}:{spec.port} within {spec.timeout_s:g} s", recoverable=True
+                ) from exc
             if isinstance(exc, OSError | ssl.SSLError):
                 # ssl.SSLCertVerificationError says CERTIFICATE_VERIFY_FAILED in its text: keep it.
                 raise LinkBroken(f"cannot connect to {spec.host}:{spec.port}: {exc}", recoverable=True) from exc
@@ -130,7 +144,8 @@ class Upstream(asyncio.Protocol):
             why = CONNACK_CODES_311.get(connack.code, "") if spec.version == wire.MQTT311 else ""
             raise LinkBroken(
                 f"the cloud refused the connection: CONNACK code {connack.code:#04x} {why}".rstrip(),
-                hint="check the cloud's credentials, ACL and protocol version", recoverable=True,
+                hint="check the cloud's credentials, ACL and protocol version",
+                recoverable=True,
             )
         conn.connack = connack
         return conn
@@ -220,8 +235,9 @@ class Upstream(asyncio.Protocol):
                 return pid
         raise LinkBroken("no free packet id (65,535 publishes in flight)", recoverable=True)
 
-    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
-                      timeout_s: float = 30.0) -> int:
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, timeout_s: float = 30.0
+    ) -> int:
         """A control publish (state, stats): QoS 1 waits for its PUBACK and returns its reason."""
         pid = self.next_packet_id() if qos else 0
         fut: asyncio.Future[int] | None = None
@@ -262,8 +278,9 @@ class Upstream(asyncio.Protocol):
                     if self.last_read > ping_at:
                         break
                 else:
-                    raise LinkBroken(f"no answer from the cloud within the keep-alive ({interval_s:g} s)",
-                                     recoverable=True)
+                    raise LinkBroken(
+                        f"no answer from the cloud within the keep-alive ({interval_s:g} s)", recoverable=True
+                    )
 
     async def wait_closed(self) -> LinkBroken:
         """Return (not raise) the error that ended the connection."""

@@ -192,14 +192,17 @@ class BridgeConfig(_Model):
         description="Cloud topics delivered down to the site's brokers.",
     )
     inflight: int = Field(
-        1000, ge=1, le=65535,
+        1000,
+        ge=1,
+        le=65535,
         description="Unacknowledged uplink messages allowed at once (an MQTT 5 cloud's Receive Maximum caps it).",
     )
     rate_limit: float | None = Field(None, gt=0, description="Optional cap on uplink messages per second.")
     reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay after the uplink drops.")
     reconnect_max_s: float = Field(30.0, gt=0, description="Cap on the reconnect delay (jittered exponential).")
     command_ttl_s: float = Field(
-        3600.0, gt=0,
+        3600.0,
+        gt=0,
         description="How long a command for an offline device waits at its keeper broker before it expires "
         "(dropped and counted, never fired late).",
     )

@@ -139,7 +139,6 @@ class Outbox:
         except (RuntimeError, OSError):  # closed under us (uvloop raises): the reader sees the end
             log.debug("write on a closed connection dropped (%d bytes)", len(data))
 
-
     def backlog(self) -> int:
         """Bytes queued here or in the transport that the client's socket has not taken yet."""
         return self._queued + self._unsent()

@@ -51,16 +51,22 @@ class SessionStore:
             conn.execute("PRAGMA synchronous = NORMAL")
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if tables and tables != {"subscriptions", "sessions"}:
-                raise StoreError(f"{path} is not an edgemq session file (tables: {sorted(tables)})",
-                                 path=str(path), hint="move the file aside")
+                raise StoreError(
+                    f"{path} is not an edgemq session file (tables: {sorted(tables)})",
+                    path=str(path),
+                    hint="move the file aside",
+                )
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS subscriptions (client_id TEXT NOT NULL, filter TEXT NOT NULL, "
                 "qos INTEGER NOT NULL, PRIMARY KEY (client_id, filter)) STRICT"
             )
             conn.execute("CREATE TABLE IF NOT EXISTS sessions (client_id TEXT PRIMARY KEY, principal TEXT) STRICT")
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the session file {path}: {exc}", path=str(path),
-                             hint="move the file aside; persistent sessions in it are forgotten") from exc
+            raise StoreError(
+                f"cannot open the session file {path}: {exc}",
+                path=str(path),
+                hint="move the file aside; persistent sessions in it are forgotten",
+            ) from exc
         return cls(conn, path)
 
     def save(

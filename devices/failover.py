@@ -128,9 +128,7 @@ def backoff_delay(attempt: int, rng: random.Random, base_s: float, cap_s: float)
 class FailoverPolicy:
     """One device's failover decisions over its preference list (owner first)."""
 
-    def __init__(
-        self, preference: Sequence[str], settings: FailoverSettings, rng: random.Random, now: float
-    ) -> None:
+    def __init__(self, preference: Sequence[str], settings: FailoverSettings, rng: random.Random, now: float) -> None:
         if not preference or len(set(preference)) != len(preference):
             raise ValueError(f"a preference list needs distinct brokers, got {list(preference)!r}")
         self.preference: tuple[str, ...] = tuple(preference)
@@ -274,8 +272,10 @@ class FailoverPolicy:
             delay = self._rng.uniform(0.0, self.settings.move_window_s)
             self._next_probe = now + delay
             self._status = Status(
-                State.FAILOVER, broker, f"ring changed: owner now {self.owner} (was {old_owner}), "
-                f"first probe in {delay:.1f}s", now,
+                State.FAILOVER,
+                broker,
+                f"ring changed: owner now {self.owner} (was {old_owner}), first probe in {delay:.1f}s",
+                now,
             )
         return True
 

@@ -1,15 +1,15 @@
 """The ``edgemq`` command: the one composition root that imports every package.
 
-    edgemq cluster up|down|status     run the whole cluster from the cluster file
-    edgemq broker cloud|edge          one process (what `cluster up` supervises)
-    edgemq devices simulate           a device fleet
-    edgemq ring owner|show|diff       who owns which device, and what a change would move
-    edgemq buffer stats|peek          the store-and-forward buffers
-    edgemq bridge                     the bridge alone, beside any local MQTT broker
-    edgemq users add|remove|list      broker credentials
-    edgemq dashboard                  the live web dashboard
-    edgemq watch FILTER               a terminal dashboard of what flows
-    edgemq config check               validate a cluster file
+edgemq cluster up|down|status     run the whole cluster from the cluster file
+edgemq broker cloud|edge          one process (what `cluster up` supervises)
+edgemq devices simulate           a device fleet
+edgemq ring owner|show|diff       who owns which device, and what a change would move
+edgemq buffer stats|peek          the store-and-forward buffers
+edgemq bridge                     the bridge alone, beside any local MQTT broker
+edgemq users add|remove|list      broker credentials
+edgemq dashboard                  the live web dashboard
+edgemq watch FILTER               a terminal dashboard of what flows
+edgemq config check               validate a cluster file
 """
 
 from __future__ import annotations

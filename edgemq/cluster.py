@@ -141,7 +141,10 @@ class ClusterRunner:
             tls_only = self.cfg.security.tls is not None and not self.cfg.security.tls.plaintext and cloud.tls_port
             comps.append(
                 Component(
-                    "cloud", "cloud", cloud.host, cloud.tls_port if tls_only else cloud.port,
+                    "cloud",
+                    "cloud",
+                    cloud.host,
+                    cloud.tls_port if tls_only else cloud.port,
                     (py, "-m", "edgemq", "broker", "cloud", "--config", cfgp),
                     _quietly(lambda: cloud_login(self.cfg, "dashboard").ssl_context()) if tls_only else None,
                 )
@@ -151,7 +154,10 @@ class ClusterRunner:
                 host, port, ctx = _quietly(functools.partial(probe_target, self.cfg, b)) or (b.host, b.port, None)
                 comps.append(
                     Component(
-                        component_name(site.id, b.id), "edge", host, port,
+                        component_name(site.id, b.id),
+                        "edge",
+                        host,
+                        port,
                         (py, "-m", "edgemq", "broker", "edge", "--config", cfgp, "--broker", f"{site.id}/{b.id}"),
                         ctx,
                     )
@@ -160,9 +166,25 @@ class ClusterRunner:
             site = self.cfg.sites[0]
             comps.append(
                 Component(
-                    "devices", "devices", None, None,
-                    (py, "-m", "edgemq", "devices", "simulate", "--config", cfgp, "--site", site.id,
-                     "--count", str(self.devices), "--rate", str(self.device_rate)),
+                    "devices",
+                    "devices",
+                    None,
+                    None,
+                    (
+                        py,
+                        "-m",
+                        "edgemq",
+                        "devices",
+                        "simulate",
+                        "--config",
+                        cfgp,
+                        "--site",
+                        site.id,
+                        "--count",
+                        str(self.devices),
+                        "--rate",
+                        str(self.device_rate),
+                    ),
                 )
             )
         if self.dashboard:
@@ -246,7 +268,7 @@ class ClusterRunner:
                 f"stdout_logfile={self.log_dir / (c.name + '.log')}",
                 "stdout_logfile_maxbytes=20MB",
                 "stdout_logfile_backups=3",
-                "environment=PYTHONUNBUFFERED=\"1\"",
+                'environment=PYTHONUNBUFFERED="1"',
                 "",
             ]
         return "\n".join(lines)
@@ -288,7 +310,10 @@ class ClusterRunner:
         supervisord = Path(sys.executable).with_name("supervisord")
         exe = str(supervisord) if supervisord.exists() else "supervisord"
         proc = subprocess.run(
-            [exe, "-c", str(self.conf_path)], capture_output=True, text=True, check=False,
+            [exe, "-c", str(self.conf_path)],
+            capture_output=True,
+            text=True,
+            check=False,
             cwd=str(self.config_path.parent),
         )
         if proc.returncode != 0:
@@ -333,8 +358,10 @@ class ClusterRunner:
             bad = {n: st for n, st in states.items() if st in ("FATAL", "EXITED", "BACKOFF")}
             if bad or time.monotonic() > deadline + START_DEADLINE_S:
                 self.down()
-                raise ClusterError(f"components did not reach RUNNING: {bad or states}; cluster stopped",
-                                   hint=f"see the logs in {self.log_dir}")
+                raise ClusterError(
+                    f"components did not reach RUNNING: {bad or states}; cluster stopped",
+                    hint=f"see the logs in {self.log_dir}",
+                )
             time.sleep(0.1)
         return self.status()
 
@@ -380,8 +407,15 @@ class ClusterRunner:
         for name in infos:
             if name not in known:
                 dash = name == "dashboard"
-                comps.append(Component(name, "dashboard" if dash else "devices", "127.0.0.1" if dash else None,
-                                       self.dashboard_port if dash else None, ()))
+                comps.append(
+                    Component(
+                        name,
+                        "dashboard" if dash else "devices",
+                        "127.0.0.1" if dash else None,
+                        self.dashboard_port if dash else None,
+                        (),
+                    )
+                )
         for c in comps:
             info = infos.get(c.name, {})
             stats: dict[str, Any] = {}
@@ -416,8 +450,13 @@ class ClusterRunner:
             row["ts"] = stats.get("ts")
             if c.kind == "devices" and stats:
                 # Shown in the same columns: connected devices, messages published / acknowledged.
-                row.update({"clients": stats.get("connected"), "messages_in": stats.get("acked"),
-                            "messages_out": stats.get("published")})
+                row.update(
+                    {
+                        "clients": stats.get("connected"),
+                        "messages_in": stats.get("acked"),
+                        "messages_out": stats.get("published"),
+                    }
+                )
                 row.update({k: stats.get(k) for k in ("connected", "published", "acked", "errors")})
             rows.append(row)
         return rows

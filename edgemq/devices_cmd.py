@@ -262,8 +262,11 @@ def simulate(
     batch: Annotated[int, typer.Option(min=1, help="Devices started (and connecting) at once.")] = 50,
     move_window: Annotated[
         float,
-        typer.Option(min=0, help="When the site's ring changes, devices with a new owner move to it at a random "
-                     "moment within this many seconds (then the usual hold-down)."),
+        typer.Option(
+            min=0,
+            help="When the site's ring changes, devices with a new owner move to it at a random "
+            "moment within this many seconds (then the usual hold-down).",
+        ),
     ] = 30.0,
     stats: Annotated[bool, typer.Option(help="Write stats to <run_dir>/stats/devices.json.")] = True,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
@@ -282,9 +285,7 @@ def simulate(
         from broker.provision import Layout, ensure_devices
         from devices.fleet import device_ids
 
-        passwords = exit_on_config_error(
-            lambda: ensure_devices(cluster, site_cfg.id, device_ids(first, count)), err
-        )
+        passwords = exit_on_config_error(lambda: ensure_devices(cluster, site_cfg.id, device_ids(first, count)), err)
         login = {"passwords": passwords, "ca_file": Layout(cluster.run_dir).ca_cert}
     fleet_cfg = FleetConfig(
         **login,

@@ -49,8 +49,13 @@ class KeyValueFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-        fields: dict[str, Any] = {"ts": ts, "level": record.levelname, **self.identity, "logger": record.name,
-                                  "msg": record.getMessage()}
+        fields: dict[str, Any] = {
+            "ts": ts,
+            "level": record.levelname,
+            **self.identity,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         extra = getattr(record, "kv", None)
         if isinstance(extra, Mapping):
             fields.update({k: v for k, v in extra.items() if k not in fields})

@@ -318,8 +318,7 @@ def broker_limits(cfg: ClusterConfig) -> BrokerLimits:
     if not os.environ.get(LIMITS_ENV):
         return base
     overrides = BrokerLimits.from_env()  # validates names and values
-    changed = {k: v for k, v in dataclasses.asdict(overrides).items()
-               if k in json.loads(os.environ[LIMITS_ENV])}
+    changed = {k: v for k, v in dataclasses.asdict(overrides).items() if k in json.loads(os.environ[LIMITS_ENV])}
     return dataclasses.replace(base, **changed)
 
 
@@ -336,8 +335,12 @@ async def run_cloud(cfg: ClusterConfig, *, metrics_port: int | None = None) -> N
     broker = EdgeBroker(config, limits=broker_limits(cfg))
     await broker.start()
     started = time.time()
-    log.info("cloud broker listening on %s:%s%s", host, port,
-             f", TLS on {cfg.cloud.tls_port}" if cfg.security.tls and cfg.cloud.tls_port else "")
+    log.info(
+        "cloud broker listening on %s:%s%s",
+        host,
+        port,
+        f", TLS on {cfg.cloud.tls_port}" if cfg.security.tls and cfg.cloud.tls_port else "",
+    )
     latest = LatestSnapshot()
     server = _start_metrics(port, metrics_port, latest, cfg.cloud.metrics_port)
 
@@ -417,25 +420,36 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
         def joined(peer: str, state: dict[str, Any]) -> None:
             if (added := ring.join(peer, state)) is None:
                 return
-            log.info("broker %s (weight %g) joined %s: now in the ring; its devices move to it", peer,
-                     added.weight, site.id)
+            log.info(
+                "broker %s (weight %g) joined %s: now in the ring; its devices move to it", peer, added.weight, site.id
+            )
             task = asyncio.create_task(publish_ring(), name="ring-document")
             ring_tasks.add(task)
             task.add_done_callback(ring_tasks.discard)
 
         # Site peering (docs/site.md): peer links, interest, membership, presence.
-        peers = SitePeers(site, bcfg.id, broker.inject, local_filters=broker.subscribed_filters,
-                          local_changes=lambda: broker.subscription_changes, state=member_state, tap=tap,
-                          login=site_login(cfg, "peer", site.id), on_discovered=joined)
+        peers = SitePeers(
+            site,
+            bcfg.id,
+            broker.inject,
+            local_filters=broker.subscribed_filters,
+            local_changes=lambda: broker.subscription_changes,
+            state=member_state,
+            tap=tap,
+            login=site_login(cfg, "peer", site.id),
+            on_discovered=joined,
+        )
         broker.peers = peers
         broker.presence = peers
         liveness.follow(peers)
+
         # Commands from the cloud: one broker of the site delivers each to its device, and the
         # device's keeper queues it (durably, with a time-to-live) while it is offline.
         def command_route(device: str) -> Route:
             here = bcfg.id if broker_client_online(broker, site.id, device) else None
-            return route_command(ring.ring, f"{site.id}/{device}", bcfg.id, here or peers.present_at(device),
-                                 liveness.alive)
+            return route_command(
+                ring.ring, f"{site.id}/{device}", bcfg.id, here or peers.present_at(device), liveness.alive
+            )
 
         site_view: dict[str, float | None] = {"all_up_since": None}
 
@@ -449,10 +463,17 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
 
         router = DownlinkRouter(
             site=site.id,
-            queue=CommandQueue.open(commands_path(cfg, site.id, bcfg.id), max_commands=cfg.bridge.max_queued_commands,
-                                    durability=bufcfg.durability),
-            inject=broker.inject, send=broker.send_to, listeners=broker.listeners_of, route=command_route,
-            ttl_s=cfg.bridge.command_ttl_s, settled=site_view_settled,
+            queue=CommandQueue.open(
+                commands_path(cfg, site.id, bcfg.id),
+                max_commands=cfg.bridge.max_queued_commands,
+                durability=bufcfg.durability,
+            ),
+            inject=broker.inject,
+            send=broker.send_to,
+            listeners=broker.listeners_of,
+            route=command_route,
+            ttl_s=cfg.bridge.command_ttl_s,
+            settled=site_view_settled,
         )
         broker.on_subscribed = router.subscribed
         await publish_ring()
@@ -466,8 +487,12 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
             data["site"], data["broker"] = site.id, bcfg.id
             data["metrics"] = server.url if server else None
             c = broker.counters
-            data["admission"] = {"owned": c.admission_owned, "warned": c.admission_warned,
-                                 "refused": c.admission_refused, "alive_peers": sorted(liveness.alive)}
+            data["admission"] = {
+                "owned": c.admission_owned,
+                "warned": c.admission_warned,
+                "refused": c.admission_refused,
+                "alive_peers": sorted(liveness.alive),
+            }
             own = ownership.count(broker.client_ids())
             data["ownership"] = {"owned": own.owned, "foreign": own.foreign, "unknown": own.unknown}
             data["uplink"] = dataclasses.asdict(link.statistics())
@@ -496,9 +521,7 @@ async def run_edge(cfg: ClusterConfig, site_id: str, broker_id: str, *, metrics_
         link_task = asyncio.create_task(link.run(), name=f"uplink-{site.id}-{bcfg.id}")
         await peers.start()
         commands_task = asyncio.create_task(router.run(), name="commands")
-        stats = asyncio.create_task(
-            _stats_loop(stats_path(cfg, name), snapshot, latest, publish_locally), name="stats"
-        )
+        stats = asyncio.create_task(_stats_loop(stats_path(cfg, name), snapshot, latest, publish_locally), name="stats")
         try:
             # The link never ends by itself; if it does, that is a bug: exit non-zero so the
             # supervisor restarts us (the buffer keeps everything not yet acknowledged).

@@ -160,9 +160,7 @@ def diff(
     old: Annotated[Path, typer.Argument(help="The cluster file as it is.")],
     new: Annotated[Path, typer.Argument(help="The cluster file as it would be.")],
     site: SiteOpt = None,
-    devices: Annotated[
-        int, typer.Option("--devices", "-n", min=1, help="Check device ids dev-0001...dev-N.")
-    ] = 1000,
+    devices: Annotated[int, typer.Option("--devices", "-n", min=1, help="Check device ids dev-0001...dev-N.")] = 1000,
     device_list: Annotated[
         Path | None, typer.Option("--device-list", help="File of device ids (or SITE/DEVICE), one a line.")
     ] = None,

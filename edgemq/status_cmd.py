@@ -140,14 +140,25 @@ def merge_rows(
         s = stats.get(key) or {}
         st = states.get(key) or {}  # a site-local state document also has address, clients, uplink, backlog
         buf, link = s.get("buffer") or {}, s.get("uplink") or {}
-        rows.append({
-            "component": key.replace("/", ".", 1), "kind": "remote", "state": "-", "pid": None,
-            "address": s.get("address", st.get("address")), "answers": None, "member": st.get("state", "unknown"),
-            "clients": s.get("clients", st.get("clients")), "messages_in": s.get("messages_in"),
-            "messages_out": s.get("messages_out"), "uplink": link.get("state", st.get("uplink")),
-            "backlog": buf.get("depth_messages", st.get("backlog")), "oldest_age_s": buf.get("oldest_age_s"),
-            "dropped": sum((buf.get("dropped") or {}).values()) if buf else None, "ts": s.get("ts"),
-        })
+        rows.append(
+            {
+                "component": key.replace("/", ".", 1),
+                "kind": "remote",
+                "state": "-",
+                "pid": None,
+                "address": s.get("address", st.get("address")),
+                "answers": None,
+                "member": st.get("state", "unknown"),
+                "clients": s.get("clients", st.get("clients")),
+                "messages_in": s.get("messages_in"),
+                "messages_out": s.get("messages_out"),
+                "uplink": link.get("state", st.get("uplink")),
+                "backlog": buf.get("depth_messages", st.get("backlog")),
+                "oldest_age_s": buf.get("oldest_age_s"),
+                "dropped": sum((buf.get("dropped") or {}).values()) if buf else None,
+                "ts": s.get("ts"),
+            }
+        )
     return rows
 
 
@@ -291,8 +302,13 @@ def up_progress(console: Console) -> Iterator[tuple[Callable[[str], None], Step]
     if not console.is_terminal:
         yield (lambda msg: console.print(msg)), (lambda done, total, what: None)
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("starting components", total=None)
 

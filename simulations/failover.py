@@ -100,9 +100,18 @@ async def _fleet_run(sc: Scenario, procs: Procs, cluster: ClusterConfig, cloud: 
     owners = {f"dev-{i:04d}": [b.id for b in preference(site, f"dev-{i:04d}")] for i in range(1, sc.devices + 1)}
     victim = Counter(p[0] for p in owners.values()).most_common(1)[0][0]
     cfg = FleetConfig(
-        site=site, devices=sc.devices, rate=sc.rate, seed=sc.seed, duration_s=sc.steady_s + sc.down_s + sc.after_s + 60,
-        reconnect_min_s=0.2, reconnect_max_s=2.0, probe_interval_s=sc.probe_interval_s, probe_jitter=0.5,
-        probe_timeout_s=1.0, hold_down_s=sc.hold_down_s, progress_interval_s=0.2,
+        site=site,
+        devices=sc.devices,
+        rate=sc.rate,
+        seed=sc.seed,
+        duration_s=sc.steady_s + sc.down_s + sc.after_s + 60,
+        reconnect_min_s=0.2,
+        reconnect_max_s=2.0,
+        probe_interval_s=sc.probe_interval_s,
+        probe_jitter=0.5,
+        probe_timeout_s=1.0,
+        hold_down_s=sc.hold_down_s,
+        progress_interval_s=0.2,
     )
     samples: list[tuple[float, dict[str, int], int]] = []
     moves: list[Move] = []
@@ -125,11 +134,18 @@ async def _fleet_run(sc: Scenario, procs: Procs, cluster: ClusterConfig, cloud: 
     while cloud.missing(acks) and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
     victims = [d for d, p in owners.items() if p[0] == victim]
-    failover = [min(m.at for m in moves if m.device == d and m.broker == owners[d][1] and m.at >= events["kill"])
-                - events["kill"] for d in victims if any(m.device == d and m.broker == owners[d][1] for m in moves)]
-    back = [min(m.at for m in moves if m.device == d and m.broker == victim and m.at >= events["restart"])
-            - events["restart"] for d in victims if any(m.device == d and m.broker == victim
-                                                        and m.at >= events["restart"] for m in moves)]
+    failover = [
+        min(m.at for m in moves if m.device == d and m.broker == owners[d][1] and m.at >= events["kill"])
+        - events["kill"]
+        for d in victims
+        if any(m.device == d and m.broker == owners[d][1] for m in moves)
+    ]
+    back = [
+        min(m.at for m in moves if m.device == d and m.broker == victim and m.at >= events["restart"])
+        - events["restart"]
+        for d in victims
+        if any(m.device == d and m.broker == victim and m.at >= events["restart"] for m in moves)
+    ]
     others_moved = sum(1 for r in result.devices if r.owner != victim and len(r.history) > 1)
     png = OUT / "failover.png"
     _plot(samples, t0, events, victim, sc, png)
@@ -201,8 +217,12 @@ def _plot(
     for name, colour in (("kill", "red"), ("restart", "green")):
         for a in (ax, ax2):
             a.axvline(events[name] - t0, color=colour, linestyle="--", linewidth=1)
-        ax.text(events[name] - t0, ax.get_ylim()[1] * 0.95, f" {name} {victim}" if name == "kill" else f" {name}",
-                color=colour)
+        ax.text(
+            events[name] - t0,
+            ax.get_ylim()[1] * 0.95,
+            f" {name} {victim}" if name == "kill" else f" {name}",
+            color=colour,
+        )
     ax.set_ylabel("devices connected")
     ax.set_title(f"{sc.devices} devices, site plant-1: {victim} killed, restarted; hold-down {sc.hold_down_s:g} s")
     ax.legend(loc="center right")
@@ -227,7 +247,7 @@ def main() -> None:
     md = run(Scenario(devices=args.devices, seed=args.seed))
     print(md.read_text())
     print(f"report: {md}")
-    print(json.dumps({"report": str(md), "plot": str(OUT / 'failover.png')}))
+    print(json.dumps({"report": str(md), "plot": str(OUT / "failover.png")}))
 
 
 if __name__ == "__main__":

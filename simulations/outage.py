@@ -101,7 +101,7 @@ async def _drive(sc: Scenario, cfg: ClusterConfig, proxy: TcpProxy, run: Run) ->
             await asyncio.sleep(1.0)
 
     await sample_for(sc.steady_s)
-    live = max((max(s.depth.values(), default=0) for s in run.samples[len(run.samples) // 2:]), default=0)
+    live = max((max(s.depth.values(), default=0) for s in run.samples[len(run.samples) // 2 :]), default=0)
     await asyncio.to_thread(proxy.cut)
     run.events["cut"] = time.monotonic()
     log.info("uplink cut for %.0f s (live buffer depth before the cut: %d)", sc.outage_s, live)
@@ -162,9 +162,15 @@ def run(sc: Scenario) -> Path:
 
 async def _fleet_run(sc: Scenario, cfg: ClusterConfig, proxy: TcpProxy, cloud: CloudCounter) -> Path:
     fleet_cfg = FleetConfig(
-        site=cfg.sites[0], devices=sc.devices, rate=sc.rate, seed=sc.seed,
+        site=cfg.sites[0],
+        devices=sc.devices,
+        rate=sc.rate,
+        seed=sc.seed,
         duration_s=sc.steady_s + sc.outage_s + sc.max_drain_s + sc.tail_s + 60,
-        connect_batch=100, reconnect_min_s=0.2, reconnect_max_s=2.0, progress_interval_s=1.0,
+        connect_batch=100,
+        reconnect_min_s=0.2,
+        reconnect_max_s=2.0,
+        progress_interval_s=1.0,
     )
     acks: list[Ack] = []
     fleet_samples: list[tuple[float, int, int]] = []
@@ -268,11 +274,22 @@ def _report(sc: Scenario, run: Run, acks: list[Ack], cloud: CloudCounter) -> Pat
             ]
         )
     )
-    (OUT / "outage.json").write_text(json.dumps({
-        "scenario": sc.__dict__, "events": {k: v - ev["start"] for k, v in ev.items()},
-        "acked": len(acks), "missing": missing, "arrivals": cloud.total(), "distinct": cloud.distinct(),
-        "samples": [{"t": s.t - ev["start"], "depth": s.depth, "age": s.age, "link": s.link} for s in run.samples],
-    }, indent=1))
+    (OUT / "outage.json").write_text(
+        json.dumps(
+            {
+                "scenario": sc.__dict__,
+                "events": {k: v - ev["start"] for k, v in ev.items()},
+                "acked": len(acks),
+                "missing": missing,
+                "arrivals": cloud.total(),
+                "distinct": cloud.distinct(),
+                "samples": [
+                    {"t": s.t - ev["start"], "depth": s.depth, "age": s.age, "link": s.link} for s in run.samples
+                ],
+            },
+            indent=1,
+        )
+    )
     return md
 
 

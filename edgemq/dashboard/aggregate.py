@@ -194,8 +194,11 @@ class Aggregator:
             stats, buf = view.stats, view.stats.get("buffer") or {}
             alive = view.health(now) != "offline"
             if stats:
-                cur = (float(stats.get("ts") or now), int(stats.get("messages_in") or 0),
-                       int((stats.get("uplink") or {}).get("forwarded") or 0))
+                cur = (
+                    float(stats.get("ts") or now),
+                    int(stats.get("messages_in") or 0),
+                    int((stats.get("uplink") or {}).get("forwarded") or 0),
+                )
                 if view.prev is not None and cur[0] > view.prev[0]:
                     span = cur[0] - view.prev[0]
                     view.rate_in = max(0.0, (cur[1] - view.prev[1]) / span)
@@ -239,8 +242,12 @@ class Aggregator:
 
     def summary(self, now: float) -> dict[str, Any]:
         """The current table without advancing time (the JSON API)."""
-        return {"ts": now, "brokers": [self._row(v, now) for v in self._ordered()],
-                "devices": self._device_count, "telemetry": self.telemetry_total}
+        return {
+            "ts": now,
+            "brokers": [self._row(v, now) for v in self._ordered()],
+            "devices": self._device_count,
+            "telemetry": self.telemetry_total,
+        }
 
     def _ordered(self) -> list[BrokerView]:
         return [self.brokers[k] for k in sorted(self.brokers)]

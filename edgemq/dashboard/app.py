@@ -117,7 +117,8 @@ def create_app(aggregator: Aggregator, *, feed: Any = None, title: str = "edgemq
 
     async def events(_: Request) -> Response:
         return StreamingResponse(
-            hub.stream(), media_type="text/event-stream",
+            hub.stream(),
+            media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 

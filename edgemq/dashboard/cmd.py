@@ -19,20 +19,23 @@ def dashboard(
     config: Annotated[Path, typer.Option("--config", "-c", help="The cluster file (TOML).")] = Path("cluster.toml"),
     host: Annotated[str, typer.Option(help="Address the web server listens on.")] = "127.0.0.1",
     port: Annotated[
-        int | None, typer.Option(help="HTTP port (default: $EDGEMQ_DASHBOARD_PORT, else the cluster file's "
-                                "[dashboard] port, else the cloud port + 50).")
+        int | None,
+        typer.Option(
+            help="HTTP port (default: $EDGEMQ_DASHBOARD_PORT, else the cluster file's "
+            "[dashboard] port, else the cloud port + 50)."
+        ),
     ] = None,
     telemetry: Annotated[str, typer.Option(help="Telemetry filter subscribed at the cloud.")] = "telemetry/#",
-    tail: Annotated[
-        str | None, typer.Option(help="Filter of the live tail (default: the telemetry filter).")
-    ] = None,
+    tail: Annotated[str | None, typer.Option(help="Filter of the live tail (default: the telemetry filter).")] = None,
     edges: Annotated[
         bool, typer.Option(help="Also subscribe at each edge broker (backlog visible while an uplink is down).")
     ] = True,
     cloud_port: Annotated[int | None, typer.Option(help="Cloud MQTT port, if not the cluster file's.")] = None,
     metrics_port: Annotated[
-        int | None, typer.Option(help="Prometheus port (default: [dashboard] metrics_port, else HTTP port + 1000; "
-                                "0 any free; -1 off).")
+        int | None,
+        typer.Option(
+            help="Prometheus port (default: [dashboard] metrics_port, else HTTP port + 1000; 0 any free; -1 off)."
+        ),
     ] = None,
     log_level: str = "INFO",
 ) -> None:
@@ -47,5 +50,15 @@ def dashboard(
         raise typer.BadParameter(str(exc)) from exc
     cfg = load(config)
     setup_logging("dashboard", log_level)
-    asyncio.run(run_dashboard(cfg, host=host, port=port, telemetry_filter=telemetry, tail_filter=tail,
-                              edges=edges, cloud_port=cloud_port, metrics_port=metrics_port))
+    asyncio.run(
+        run_dashboard(
+            cfg,
+            host=host,
+            port=port,
+            telemetry_filter=telemetry,
+            tail_filter=tail,
+            edges=edges,
+            cloud_port=cloud_port,
+            metrics_port=metrics_port,
+        )
+    )

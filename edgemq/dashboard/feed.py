@@ -81,10 +81,12 @@ class Feed:
         """Run every connection; returns only when cancelled."""
         tasks = [asyncio.create_task(self._loop("cloud", self._serve_cloud), name="dashboard-cloud")]
         for edge in self.edges:
-            tasks.append(asyncio.create_task(
-                self._loop(f"edge:{edge.key}", functools.partial(self._serve_edge, edge), [edge.key]),
-                name=f"dashboard-edge-{edge.key}",
-            ))
+            tasks.append(
+                asyncio.create_task(
+                    self._loop(f"edge:{edge.key}", functools.partial(self._serve_edge, edge), [edge.key]),
+                    name=f"dashboard-edge-{edge.key}",
+                )
+            )
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -113,8 +115,13 @@ class Feed:
         c, login = self.cloud, self.cloud_login
         host, port = login.endpoint(c.host, c.port, c.tls_port)
         return aiomqtt.Client(
-            host, port, identifier=f"{self._ident}-cloud", **login.aiomqtt_kwargs(), timeout=10,
-            max_queued_incoming_messages=MAX_QUEUED, logger=logging.getLogger("edgemq.dashboard.paho"),
+            host,
+            port,
+            identifier=f"{self._ident}-cloud",
+            **login.aiomqtt_kwargs(),
+            timeout=10,
+            max_queued_incoming_messages=MAX_QUEUED,
+            logger=logging.getLogger("edgemq.dashboard.paho"),
         )
 
     async def _serve_cloud(self) -> None:
@@ -142,7 +149,10 @@ class Feed:
     async def _serve_edge(self, edge: EdgeEndpoint) -> None:
         host, port = self.edge_login.endpoint(edge.host, edge.port, edge.tls_port)
         async with aiomqtt.Client(
-            host, port, identifier=f"{self._ident}-{edge.site}-{edge.broker}", **self.edge_login.aiomqtt_kwargs(),
+            host,
+            port,
+            identifier=f"{self._ident}-{edge.site}-{edge.broker}",
+            **self.edge_login.aiomqtt_kwargs(),
             timeout=10,
             logger=logging.getLogger("edgemq.dashboard.paho"),
         ) as client:

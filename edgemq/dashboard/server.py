@@ -82,25 +82,45 @@ async def run_dashboard(
     endpoints = (
         [EdgeEndpoint(s.id, b.id, b.host, b.port, b.tls_port) for s in cfg.sites for b in s.brokers] if edges else []
     )
-    feed = Feed(agg, cloud, telemetry_filter=telemetry_filter, edges=endpoints,
-                cloud_login=cloud_login(cfg, "dashboard"), edge_login=site_login(cfg, "dashboard"))
+    feed = Feed(
+        agg,
+        cloud,
+        telemetry_filter=telemetry_filter,
+        edges=endpoints,
+        cloud_login=cloud_login(cfg, "dashboard"),
+        edge_login=site_login(cfg, "dashboard"),
+    )
     app = create_app(agg, feed=feed)
     hub: Hub = app.state.hub
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=host, port=http_port, log_level="warning", access_log=False, lifespan="on",
-        timeout_graceful_shutdown=2,
-    ))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=http_port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=2,
+        )
+    )
     latest = LatestSnapshot()
-    chosen = (metrics.metrics_port(http_port, configured=cfg.dashboard.metrics_port)
-              if metrics_port is None else metrics_port)
+    chosen = (
+        metrics.metrics_port(http_port, configured=cfg.dashboard.metrics_port) if metrics_port is None else metrics_port
+    )
     mserver = metrics.serve(latest, chosen) if chosen is not None and chosen >= 0 else None
     started = time.time()
     url = f"http://{host}:{http_port}/"
 
     def snapshot() -> dict[str, Any]:
         return {
-            "component": "dashboard", "broker": "dashboard", "pid": os.getpid(), "address": f"{host}:{http_port}",
-            "url": url, "started": started, "ts": time.time(), "metrics": mserver.url if mserver else None,
+            "component": "dashboard",
+            "broker": "dashboard",
+            "pid": os.getpid(),
+            "address": f"{host}:{http_port}",
+            "url": url,
+            "started": started,
+            "ts": time.time(),
+            "metrics": mserver.url if mserver else None,
             "dashboard": {"messages": agg.messages_total, "devices": agg.device_count, "clients": len(hub.clients)},
         }
 

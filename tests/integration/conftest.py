@@ -286,16 +286,25 @@ class Collector:
     """A paho subscriber (own thread) recording every message it receives."""
 
     def __init__(
-        self, host: str, port: int, topics: list[str], *, v5: bool = False, qos: int = 1,
-        client_id: str | None = None, clean_session: bool = True,
+        self,
+        host: str,
+        port: int,
+        topics: list[str],
+        *,
+        v5: bool = False,
+        qos: int = 1,
+        client_id: str | None = None,
+        clean_session: bool = True,
     ) -> None:
         self.messages: list[Received] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         proto = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
         self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"collector-{uuid.uuid4().hex[:8]}",
-            protocol=proto, clean_session=None if v5 else clean_session,
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"collector-{uuid.uuid4().hex[:8]}",
+            protocol=proto,
+            clean_session=None if v5 else clean_session,
         )
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe([(t, qos) for t in topics])

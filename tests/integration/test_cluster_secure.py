@@ -40,8 +40,13 @@ DASHBOARD_PORT = free_port()
 def edgemq(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "EDGEMQ_DASHBOARD_PORT": str(DASHBOARD_PORT)}
     return subprocess.run(
-        [sys.executable, "-m", "edgemq", *args], capture_output=True, text=True, cwd=str(cwd), timeout=150,
-        check=False, env=env,
+        [sys.executable, "-m", "edgemq", *args],
+        capture_output=True,
+        text=True,
+        cwd=str(cwd),
+        timeout=150,
+        check=False,
+        env=env,
     )
 
 
@@ -69,8 +74,15 @@ def secure_toml(brokers: int = 2) -> str:
 class Client:
     """A paho client (own thread) that logs in, optionally over TLS, and records what it receives."""
 
-    def __init__(self, port: int, *, user: str | None = None, password: str | None = None,
-                 ca: Path | str | None = None, topics: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        ca: Path | str | None = None,
+        topics: Iterable[str] = (),
+    ) -> None:
         self.rc: int | None = None
         self.connected = threading.Event()
         self.answered = threading.Event()
@@ -124,8 +136,12 @@ def refused(port: int, **login: Any) -> int | None:
 
 def find_secrets(secrets: dict[str, str], places: dict[str, bytes]) -> list[str]:
     """'<secret name> in <place>' for every secret found in any place."""
-    return [f"{name} in {where}" for where, data in places.items() for name, value in secrets.items()
-            if value.encode() in data]
+    return [
+        f"{name} in {where}"
+        for where, data in places.items()
+        for name, value in secrets.items()
+        if value.encode() in data
+    ]
 
 
 def files_under(root: Path) -> dict[str, bytes]:
@@ -145,8 +161,10 @@ def test_secure_cluster_up_refuses_anonymous_flows_over_tls_and_leaks_no_secret(
         assert f"--cafile {lay.ca_cert}" in up.stdout and "-u dashboard" in up.stdout
         cloud, (a1, a2) = cfg.cloud, cfg.sites[0].brokers
         assert cloud.tls_port and a1.tls_port
-        secrets = {name: provision.password(cfg, name) or "" for name in
-                   ("bridge-plant-1", "dashboard", "operator", "peer-plant-1", "dev-0001", "dev-0002", "dev-0003")}
+        secrets = {
+            name: provision.password(cfg, name) or ""
+            for name in ("bridge-plant-1", "dashboard", "operator", "peer-plant-1", "dev-0001", "dev-0002", "dev-0003")
+        }
         assert all(secrets.values()), "generated passwords missing"
         wrong = f"wrong-{uuid.uuid4().hex}"
         secrets["wrong password"] = wrong
@@ -162,8 +180,13 @@ def test_secure_cluster_up_refuses_anonymous_flows_over_tls_and_leaks_no_secret(
             refused(cloud.tls_port, user="dashboard", password=secrets["dashboard"], ca="system")
 
         # The cloud, as the dashboard user over TLS: telemetry and the brokers' stats.
-        watcher = Client(cloud.tls_port, user="dashboard", password=secrets["dashboard"], ca=lay.ca_cert,
-                         topics=["telemetry/+/#", "edgemq/+/+/stats"])
+        watcher = Client(
+            cloud.tls_port,
+            user="dashboard",
+            password=secrets["dashboard"],
+            ca=lay.ca_cert,
+            topics=["telemetry/+/#", "edgemq/+/+/stats"],
+        )
         clients.append(watcher)
         assert watcher.subscribed.wait(15)
         device = Client(a1.tls_port, user="dev-0001", password=secrets["dev-0001"], ca=lay.ca_cert)
@@ -174,6 +197,7 @@ def test_secure_cluster_up_refuses_anonymous_flows_over_tls_and_leaks_no_secret(
         # The fleet logged in with its generated users and its telemetry reaches the cloud.
         wait_for(lambda: len(watcher.received(f"telemetry/{SITE}/dev-0003/")) > 0, 60, "fleet telemetry at the cloud")
         wait_for(lambda: len(watcher.received(f"edgemq/{SITE}/")) >= 2, 30, "stats at the cloud")
+
         # The site's peer links logged in too (their generated user, over TLS): a1 and a2 see each other.
         def peer_state(b: str, peer: str) -> str:
             snap = json.loads((cfg.run_dir / "stats" / f"{SITE}.{b}.json").read_text())
@@ -187,22 +211,41 @@ def test_secure_cluster_up_refuses_anonymous_flows_over_tls_and_leaks_no_secret(
         # Kill the cloud: supervisord restarts it, the uplinks reconnect with their credentials.
         rows = status_rows(cfg_path)
         os.kill(rows["cloud"]["pid"], signal.SIGKILL)
-        wait_for(lambda: all((status_rows(cfg_path)[f"{SITE}.{b}"].get("reconnects") or 0) >= 1
-                             and status_rows(cfg_path)[f"{SITE}.{b}"].get("uplink") == "connected"
-                             for b in ("a1", "a2")), 90, "uplinks reconnected", interval=0.5)
+        wait_for(
+            lambda: all(
+                (status_rows(cfg_path)[f"{SITE}.{b}"].get("reconnects") or 0) >= 1
+                and status_rows(cfg_path)[f"{SITE}.{b}"].get("uplink") == "connected"
+                for b in ("a1", "a2")
+            ),
+            90,
+            "uplinks reconnected",
+            interval=0.5,
+        )
         wait_for(watcher.connected.is_set, 30, "watcher back")
         before = len(watcher.received(f"telemetry/{SITE}/dev-0001/manual"))
         device.client.publish(f"telemetry/{SITE}/dev-0001/manual", b"m2", qos=1)
-        wait_for(lambda: len(watcher.received(f"telemetry/{SITE}/dev-0001/manual")) > before, 60,
-                 "telemetry after the cloud restart")
+        wait_for(
+            lambda: len(watcher.received(f"telemetry/{SITE}/dev-0001/manual")) > before,
+            60,
+            "telemetry after the cloud restart",
+        )
         dash = status_rows(cfg_path)["dashboard"]
         assert dash["answers"], dash
         # The dashboard logged in at the cloud (its generated user, over TLS) and sees telemetry.
         dash_stats = cfg.run_dir / "stats" / "dashboard.json"
         wait_for(lambda: json.loads(dash_stats.read_text())["dashboard"]["messages"] > 0, 30, "dashboard fed")
         # `edgemq watch` logs in as the generated operator (over TLS) and sees the fleet.
-        watch = edgemq("watch", f"telemetry/{SITE}/#", "--broker", "cloud", "--duration", "5",
-                       "--config", str(cfg_path), cwd=tmp_path)
+        watch = edgemq(
+            "watch",
+            f"telemetry/{SITE}/#",
+            "--broker",
+            "cloud",
+            "--duration",
+            "5",
+            "--config",
+            str(cfg_path),
+            cwd=tmp_path,
+        )
         assert watch.returncode == 0 and f"telemetry/{SITE}/dev-000" in watch.stdout, watch.stdout + watch.stderr
 
         # Secrets: logs, status (human and JSON), stats payloads and files, every metrics endpoint.

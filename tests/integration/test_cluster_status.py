@@ -38,16 +38,25 @@ def test_up_with_dashboard_then_live_status(tmp_path: Path, capsys: pytest.Captu
         assert "[program:dashboard]" in runner.conf_path.read_text()
 
         # A broker on another machine is known only from the cloud's retained messages.
-        publish_once(cfg.cloud.host, cfg.cloud.port, "edgemq/plant-9/z1/state",
-                     b'{"site": "plant-9", "broker": "z1", "state": "online"}', retain=True)
+        publish_once(
+            cfg.cloud.host,
+            cfg.cloud.port,
+            "edgemq/plant-9/z1/state",
+            b'{"site": "plant-9", "broker": "z1", "state": "online"}',
+            retain=True,
+        )
 
         def live() -> dict[str, dict[str, Any]]:
             capsys.readouterr()
             run_status(runner, as_json=True)
             return {r["component"]: r for r in json.loads(capsys.readouterr().out)}
 
-        wait_for(lambda: all(live()[f"plant-1.{b.id}"]["member"] == "online" for b in cfg.sites[0].brokers), 60,
-                 "every edge online at the cloud", interval=0.5)
+        wait_for(
+            lambda: all(live()[f"plant-1.{b.id}"]["member"] == "online" for b in cfg.sites[0].brokers),
+            60,
+            "every edge online at the cloud",
+            interval=0.5,
+        )
         rows2 = live()
         assert rows2["plant-9.z1"]["kind"] == "remote" and rows2["plant-9.z1"]["member"] == "online"
         assert rows2["dashboard"]["url"].startswith("http://127.0.0.1:")

@@ -45,10 +45,16 @@ def start(harness: Any, **kw: Any) -> Harness:
     h.start_site()
     # every broker's uplink is up and every broker sees its peers alive (routing needs both)
     for b in h.cfg.sites[0].brokers:
-        wait_for(lambda b=b: h.edge_stats(f"{SITE}/{b.id}").get("uplink", {}).get("state") == "connected", 30,
-                 f"{b.id} uplink connected")
-        wait_for(lambda b=b: len(h.edge_stats(f"{SITE}/{b.id}").get("admission", {}).get("alive_peers", [])) == 2,
-                 30, f"{b.id} sees both peers alive")
+        wait_for(
+            lambda b=b: h.edge_stats(f"{SITE}/{b.id}").get("uplink", {}).get("state") == "connected",
+            30,
+            f"{b.id} uplink connected",
+        )
+        wait_for(
+            lambda b=b: len(h.edge_stats(f"{SITE}/{b.id}").get("admission", {}).get("alive_peers", [])) == 2,
+            30,
+            f"{b.id} sees both peers alive",
+        )
     return h
 
 
@@ -61,13 +67,16 @@ def test_a_command_for_an_offline_device_waits_at_its_owner_only_and_arrives_onc
     publish_once(cloud.host, cloud.port, f"commands/{SITE}/{device}/reboot", b"1")
     publish_once(cloud.host, cloud.port, f"commands/{SITE}/{device}/set", b"2")
     wait_for(lambda: commands(h, "a1").get("depth") == 2, 30, "a1 keeps both commands")
-    wait_for(lambda: routed(h, "a2", "not_mine") == 2 and routed(h, "a3", "not_mine") == 2, 30,
-             "a2 and a3 leave them to a1")
+    wait_for(
+        lambda: routed(h, "a2", "not_mine") == 2 and routed(h, "a3", "not_mine") == 2, 30, "a2 and a3 leave them to a1"
+    )
     dev = collectors("127.0.0.1", port(h, "a1"), [f"commands/{SITE}/{device}/#"], client_id=f"dev-{SITE}-{device}")
     wait_for(lambda: len(dev.snapshot()) >= 2, 30, "queued commands handed over")
     time.sleep(1.5)  # a second copy, if any, would come within a flush interval
     assert [(m.topic, m.payload) for m in dev.snapshot()] == [
-        (f"commands/{SITE}/{device}/reboot", b"1"), (f"commands/{SITE}/{device}/set", b"2")]
+        (f"commands/{SITE}/{device}/reboot", b"1"),
+        (f"commands/{SITE}/{device}/set", b"2"),
+    ]
     wait_for(lambda: commands(h, "a1").get("depth") == 0, 10, "a1's queue empty")
     stats = commands(h, "a1")
     assert stats["queued_total"] == stats["delivered_from_queue_total"] + stats["expired"] + stats["overflow"]

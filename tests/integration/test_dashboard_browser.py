@@ -30,8 +30,14 @@ pytestmark = [pytest.mark.timeout(300)]
 
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
@@ -76,9 +82,23 @@ def start_dashboard(h: Harness, cloud_port: int) -> tuple[subprocess.Popen[bytes
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edgemq.dashboard", "--config", str(h.config_path), "--port", str(port),
-             "--cloud-port", str(cloud_port), "--metrics-port", "0"],
-            stdout=fh, stderr=subprocess.STDOUT, cwd=str(h.tmp), env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            [
+                sys.executable,
+                "-m",
+                "edgemq.dashboard",
+                "--config",
+                str(h.config_path),
+                "--port",
+                str(port),
+                "--cloud-port",
+                str(cloud_port),
+                "--metrics-port",
+                "0",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=str(h.tmp),
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     h.extra_logs.append(log)
     url = f"http://127.0.0.1:{port}/"
@@ -98,21 +118,28 @@ def test_dashboard_in_a_real_browser(harness: Any, tmp_path: Path) -> None:
     exe = chromium()
     sync_api = pytest.importorskip("playwright.sync_api")
     h, proxy, real_port = setup_proxied(harness, brokers=3)
-    fleet = Fleet(FleetConfig(site=h.cfg.sites[0], devices=24, rate=4, duration_s=240, seed=5,
-                              reconnect_min_s=0.2, reconnect_max_s=2.0))
+    fleet = Fleet(
+        FleetConfig(
+            site=h.cfg.sites[0], devices=24, rate=4, duration_s=240, seed=5, reconnect_min_s=0.2, reconnect_max_s=2.0
+        )
+    )
     dash, url = start_dashboard(h, real_port)
     ARTIFACTS.mkdir(exist_ok=True)
     problems: list[str] = []
     try:
         with sync_api.sync_playwright() as pw:
             ctx = pw.chromium.launch_persistent_context(
-                str(tmp_path / "chromium-profile"), executable_path=exe, headless=True, args=CHROMIUM_FLAGS,
+                str(tmp_path / "chromium-profile"),
+                executable_path=exe,
+                headless=True,
+                args=CHROMIUM_FLAGS,
                 viewport={"width": 1600, "height": 1200},
             )
             try:
                 page = ctx.new_page()
-                page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
-                        if m.type == "error" else None)
+                page.on(
+                    "console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None
+                )
                 page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
                 page.goto(url, wait_until="load")
 
@@ -126,15 +153,17 @@ def test_dashboard_in_a_real_browser(harness: Any, tmp_path: Path) -> None:
 
                 poll(lambda: all(health(b) == "online" for b in ("a1", "a2", "a3")), 60, "three brokers online")
                 poll(lambda: page.evaluate("window.edgemq.charts()") == 3, 30, "three charts drawn")
-                poll(lambda: page.evaluate("window.edgemq.lastFrame().totals.devices") >= 20, 60,
-                     "devices seen at the cloud")
+                poll(
+                    lambda: page.evaluate("window.edgemq.lastFrame().totals.devices") >= 20,
+                    60,
+                    "devices seen at the cloud",
+                )
                 assert page.locator("#tail li").count() > 0
 
                 # The uplink is cut: the brokers are isolated (alive, buffering) and the backlog chart rises.
                 proxy.cut()
                 poll(lambda: all(health(b) == "isolated" for b in ("a1", "a2", "a3")), 60, "brokers isolated")
-                depth = ("['plant-1/a1','plant-1/a2','plant-1/a3']"
-                         ".reduce((s, k) => s + window.edgemq.maxDepth(k), 0)")
+                depth = "['plant-1/a1','plant-1/a2','plant-1/a3'].reduce((s, k) => s + window.edgemq.maxDepth(k), 0)"
                 poll(lambda: page.evaluate(depth) > 50, 60, "backlog chart rises while the uplink is down")
                 page.screenshot(path=str(ARTIFACTS / "dashboard-outage.png"), full_page=True)
                 proxy.restore()

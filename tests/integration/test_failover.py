@@ -101,8 +101,17 @@ def test_kill_a_broker_devices_fail_over_and_come_home(harness: Any, collectors:
     site = h.cfg.sites[0]
     cloud = collectors(h.cfg.cloud.host, h.cfg.cloud.port, ["telemetry/#"])
     cfg = FleetConfig(
-        site=site, devices=30, rate=5.0, duration_s=180, seed=5, reconnect_min_s=0.2, reconnect_max_s=2.0,
-        probe_interval_s=0.5, probe_jitter=0.5, probe_timeout_s=1.0, hold_down_s=HOLD_DOWN_S,
+        site=site,
+        devices=30,
+        rate=5.0,
+        duration_s=180,
+        seed=5,
+        reconnect_min_s=0.2,
+        reconnect_max_s=2.0,
+        probe_interval_s=0.5,
+        probe_jitter=0.5,
+        probe_timeout_s=1.0,
+        hold_down_s=HOLD_DOWN_S,
     )
     prefs = {d: [b.id for b in preference(site, d)] for d in (f"dev-{i:04d}" for i in range(1, 31))}
     owners = Counter(p[0] for p in prefs.values())
@@ -117,8 +126,11 @@ def test_kill_a_broker_devices_fail_over_and_come_home(harness: Any, collectors:
 
         killed_at = time.monotonic()
         h.kill(f"{site.id}.{victim}")  # SIGKILL
-        wait_for(lambda: all(fleet.located().get(d) == prefs[d][1] for d in victims), 60,
-                 f"devices of {victim} at their second preference")
+        wait_for(
+            lambda: all(fleet.located().get(d) == prefs[d][1] for d in victims),
+            60,
+            f"devices of {victim} at their second preference",
+        )
         failover_s = [first_arrival_at(fleet.moves, d, prefs[d][1], killed_at) - killed_at for d in victims]
         assert all(fleet.located()[d] == prefs[d][0] for d in others), "devices of live brokers stayed"
 
@@ -131,8 +143,9 @@ def test_kill_a_broker_devices_fail_over_and_come_home(harness: Any, collectors:
         spawned_at = time.monotonic()  # it cannot answer a probe before this
         h.start_edge(f"{site.id}/{victim}")
         restarted_at = time.monotonic()  # it answers MQTT from here on (seen by a polling check, so a bit late)
-        wait_for(lambda: all(fleet.located().get(d) == prefs[d][0] for d in victims), 60,
-                 f"devices of {victim} back home")
+        wait_for(
+            lambda: all(fleet.located().get(d) == prefs[d][0] for d in victims), 60, f"devices of {victim} back home"
+        )
         return_s = [first_arrival_at(fleet.moves, d, victim, spawned_at) - restarted_at for d in victims]
         since_spawn_s = [first_arrival_at(fleet.moves, d, victim, spawned_at) - spawned_at for d in victims]
         n = fleet.acked()
@@ -156,8 +169,13 @@ def test_kill_a_broker_devices_fail_over_and_come_home(harness: Any, collectors:
     # Nothing acknowledged is lost.
     acks = list(fleet.acks)
     wait_for(lambda: cloud.count("telemetry/") >= len(acks), 120, "every acknowledged message at the cloud")
-    wait_for(lambda: not (Counter((a.topic, a.payload) for a in acks)
-                          - Counter((m.topic, m.payload) for m in cloud.snapshot())), 60, "no gaps")
+    wait_for(
+        lambda: (
+            not (Counter((a.topic, a.payload) for a in acks) - Counter((m.topic, m.payload) for m in cloud.snapshot()))
+        ),
+        60,
+        "no gaps",
+    )
     arrived = cloud.snapshot()
     expected = Counter((a.topic, a.payload) for a in acks)
     got = Counter((m.topic, m.payload) for m in arrived)

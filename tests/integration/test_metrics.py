@@ -54,8 +54,11 @@ def test_every_component_serves_metrics_that_follow_traffic_and_outage(harness: 
             assert ("process_cpu_seconds_total", ()) in s, c
             assert value(s, "edgemq_component_info") == 1, c
         for c in edges:  # snapshots are taken every second: wait for the one after the connect
-            wait_for(lambda c=c: value(scrape(urls[c]), "edgemq_uplink_state", state="connected") == 1, 30,
-                     f"{c} uplink connected in metrics")
+            wait_for(
+                lambda c=c: value(scrape(urls[c]), "edgemq_uplink_state", state="connected") == 1,
+                30,
+                f"{c} uplink connected in metrics",
+            )
             assert value(scrape(urls[c]), "edgemq_buffer_depth_messages", site="plant-1") == 0
 
         fleet = FleetThread(fleet_cfg(h, devices=30, messages=60, rate=10))
@@ -66,8 +69,11 @@ def test_every_component_serves_metrics_that_follow_traffic_and_outage(harness: 
 
         wait_for(lambda: total("edgemq_messages_total", direction="in") > 300, 30, "edge messages_in moves")
         wait_for(lambda: total("edgemq_uplink_forwarded_messages_total") > 300, 30, "uplink forwarded moves")
-        wait_for(lambda: value(scrape(urls["cloud"]), "edgemq_messages_total", direction="in") > 300, 30,
-                 "cloud messages_in moves")
+        wait_for(
+            lambda: value(scrape(urls["cloud"]), "edgemq_messages_total", direction="in") > 300,
+            30,
+            "cloud messages_in moves",
+        )
         assert total("edgemq_message_bytes_total", direction="in") > 0
         assert total("edgemq_buffer_accepted_messages_total") > 300
         assert total("edgemq_devices_connected", ownership="owned") > 0
@@ -75,16 +81,22 @@ def test_every_component_serves_metrics_that_follow_traffic_and_outage(harness: 
         proxy.cut()
         wait_for(lambda: total("edgemq_uplink_up") == 0, 30, "uplink down in metrics")
         wait_for(lambda: total("edgemq_buffer_depth_messages") > 100, 60, "buffer depth rises during the outage")
-        wait_for(lambda: max(value(scrape(urls[c]), "edgemq_buffer_oldest_age_seconds") for c in edges) > 1.0,
-                 30, "oldest age rises")
+        wait_for(
+            lambda: max(value(scrape(urls[c]), "edgemq_buffer_oldest_age_seconds") for c in edges) > 1.0,
+            30,
+            "oldest age rises",
+        )
         assert total("edgemq_buffer_depth_bytes") > 0
         peak = total("edgemq_buffer_depth_messages")
         forwarded_at_cut = total("edgemq_buffer_forwarded_messages_total")
 
         proxy.restore()
         wait_for(lambda: total("edgemq_uplink_up") == 3, 60, "uplink back in metrics")
-        wait_for(lambda: total("edgemq_buffer_forwarded_messages_total") > forwarded_at_cut + peak / 2, 60,
-                 "drain: the forwarded counter moves")
+        wait_for(
+            lambda: total("edgemq_buffer_forwarded_messages_total") > forwarded_at_cut + peak / 2,
+            60,
+            "drain: the forwarded counter moves",
+        )
         fleet.join(240)
         wait_for(lambda: total("edgemq_buffer_depth_messages") == 0, 120, "buffer depth falls to 0 after the drain")
         after = {c: scrape(urls[c]) for c in edges}
@@ -100,10 +112,12 @@ def test_the_metrics_ports_come_from_the_cluster_file(harness: Any) -> None:
     h = harness(brokers=1)
     site = h.cfg.sites[0]
     brokers = [site.brokers[0].model_copy(update={"metrics_port": edge_port})]
-    h.cfg = h.cfg.model_copy(update={
-        "cloud": h.cfg.cloud.model_copy(update={"metrics_port": cloud_port}),
-        "sites": [site.model_copy(update={"brokers": brokers})],
-    })
+    h.cfg = h.cfg.model_copy(
+        update={
+            "cloud": h.cfg.cloud.model_copy(update={"metrics_port": cloud_port}),
+            "sites": [site.model_copy(update={"brokers": brokers})],
+        }
+    )
     h.write_config()
     from_file = {"EDGEMQ_METRICS_PORT": ""}  # the harness's override off: the cluster file decides
     h.start_cloud(env=from_file)

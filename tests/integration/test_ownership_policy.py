@@ -42,8 +42,9 @@ def test_refuse_policy_sends_devices_home_until_the_owner_dies(harness: Any) -> 
     a1, a2 = h.cfg.sites[0].brokers[0], h.cfg.sites[0].brokers[1]
 
     # Liveness is probed every ~2 s; wait until a2 has seen a1 answer.
-    wait_for(lambda: "a1" in h.edge_stats("plant-1/a2").get("admission", {}).get("alive_peers", []), 30,
-             "a2 sees a1 alive")
+    wait_for(
+        lambda: "a1" in h.edge_stats("plant-1/a2").get("admission", {}).get("alive_peers", []), 30, "a2 sees a1 alive"
+    )
     assert connack_code(a2.host, a2.port, cid) == 135, "a foreign device was admitted while its owner is alive"
     assert connack_code(a1.host, a1.port, cid) == 0
     # Clients that are not devices of this site are never refused.

@@ -32,19 +32,25 @@ def tls_only(users: CredentialStore, pki: Pki) -> Iterator[Running]:  # noqa: F8
 
 
 def _cluster(running: Running, ca_file: Path, users_path: Path) -> ClusterConfig:
-    return ClusterConfig.model_validate({
-        "cloud": {"embedded": False},
-        "sites": [{"id": SITE, "brokers": [{"id": "a1", "port": running.port, "tls_port": running.tls_port}]}],
-        "security": {
-            "profile": "secure", "credentials_file": str(users_path),
-            "tls": {"cert_file": "unused.pem", "key_file": "unused.key", "plaintext": False},
-            "client": {"tls": {"ca_file": str(ca_file)}},
-        },
-    })
+    return ClusterConfig.model_validate(
+        {
+            "cloud": {"embedded": False},
+            "sites": [{"id": SITE, "brokers": [{"id": "a1", "port": running.port, "tls_port": running.tls_port}]}],
+            "security": {
+                "profile": "secure",
+                "credentials_file": str(users_path),
+                "tls": {"cert_file": "unused.pem", "key_file": "unused.key", "plaintext": False},
+                "client": {"tls": {"ca_file": str(ca_file)}},
+            },
+        }
+    )
 
 
 def test_probe_of_a_tls_only_broker_uses_its_tls_port_and_verifies_it(
-    tls_only: Running, pki: Pki, users: CredentialStore, tmp_path: Path  # noqa: F811
+    tls_only: Running,
+    pki: Pki,  # noqa: F811
+    users: CredentialStore,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     cfg = _cluster(tls_only, pki.ca_file, users.path)
     host, port, ctx = probe_target(cfg, cfg.sites[0].brokers[0])
@@ -65,8 +71,17 @@ def test_the_fleets_probe_logs_in(tls_only: Running, pki: Pki, users: Credential
     assert tls_only.tls_port is not None and ctx is not None
 
     def probe(user: str | None, password: str | None) -> bool:
-        return asyncio.run(probe_broker("127.0.0.1", tls_only.tls_port or 0, f"probe-{user}", 10.0,
-                                        username=user, password=password, ssl_context=ctx))
+        return asyncio.run(
+            probe_broker(
+                "127.0.0.1",
+                tls_only.tls_port or 0,
+                f"probe-{user}",
+                10.0,
+                username=user,
+                password=password,
+                ssl_context=ctx,
+            )
+        )
 
     assert probe("dev-1", SECRET + "dev-1")
     assert not probe("dev-1", "wrong")

@@ -67,8 +67,11 @@ def test_a_persistent_session_survives_a_kill_of_the_broker(harness: Any) -> Non
     # While the device is away, after the restart: an operator at the site sends it something.
     publish_once("127.0.0.1", port, f"{topic}/local-op", b"while-away")
     back = Device(port, "dev-plant-1-keep-1", clean=False)  # does not subscribe again
-    wait_for(lambda: back.messages() == [(f"{topic}/local-op", b"while-away")], 20,
-             f"queued message after restart (session present {back.session_present}, got {back.messages()})")
+    wait_for(
+        lambda: back.messages() == [(f"{topic}/local-op", b"while-away")],
+        20,
+        f"queued message after restart (session present {back.session_present}, got {back.messages()})",
+    )
     assert back.session_present == [True]
     publish_once("127.0.0.1", port, f"{topic}/now", b"live")
     wait_for(lambda: len(back.messages()) == 2, 20, "live message on the restored subscription")

@@ -74,8 +74,16 @@ def test_fourth_broker_joins_a_running_site_and_takes_only_its_share(harness: An
     at1: Collector = collectors("127.0.0.1", port_of(h, "a1"), [f"telemetry/{SITE}/#"])
     wait_interest(h, "a4", ["a1"])
     wait_for(lambda: (h.tmp / "run" / "stats" / f"{SITE}.a4.json").exists(), 30, "a4 stats")
-    wait_for(lambda: json.loads((h.tmp / "run" / "stats" / f"{SITE}.a4.json").read_text())
-             ["site_peers"]["peers"].get("a1", {}).get("interest", 0) >= 1, 30, "a4 knows a1's interest")
+    wait_for(
+        lambda: (
+            json.loads((h.tmp / "run" / "stats" / f"{SITE}.a4.json").read_text())["site_peers"]["peers"]
+            .get("a1", {})
+            .get("interest", 0)
+            >= 1
+        ),
+        30,
+        "a4 knows a1's interest",
+    )
     publish_many(port_of(h, "a1"), [(f"telemetry/{SITE}/from-a1/v", b"1")])
     publish_many(a4.port, [(f"telemetry/{SITE}/from-a4/v", b"4")])
     wait_for(lambda: at4.count(f"telemetry/{SITE}/from-a1/") == 1, 30, "a1's message at a4")
@@ -125,9 +133,18 @@ def test_a_running_fleet_follows_the_new_ring_gradually(harness: Any, collectors
 
     # The fleet starts on the OLD ring (its own copy of the old cluster file) and keeps running.
     cfg = FleetConfig(
-        site=old_site, devices=LIVE_DEVICES, rate=2.0, duration_s=200, seed=3, reconnect_min_s=0.2,
-        reconnect_max_s=2.0, probe_interval_s=0.3, probe_jitter=0.5, probe_timeout_s=1.0,
-        hold_down_s=HOLD_DOWN_S, move_window_s=MOVE_WINDOW_S,
+        site=old_site,
+        devices=LIVE_DEVICES,
+        rate=2.0,
+        duration_s=200,
+        seed=3,
+        reconnect_min_s=0.2,
+        reconnect_max_s=2.0,
+        probe_interval_s=0.3,
+        probe_jitter=0.5,
+        probe_timeout_s=1.0,
+        hold_down_s=HOLD_DOWN_S,
+        move_window_s=MOVE_WINDOW_S,
     )
     fleet = LiveFleet(cfg)
     try:
@@ -176,10 +193,15 @@ def test_a_running_fleet_follows_the_new_ring_gradually(harness: Any, collectors
     # Nothing acknowledged is lost, and nothing unacknowledged appears.
     acks = list(fleet.acks)
     expected = Counter((a.topic, a.payload) for a in acks)
-    wait_for(lambda: not expected - Counter((m.topic, m.payload) for m in cloud.snapshot()), 120,
-             "every acknowledged message at the cloud")
+    wait_for(
+        lambda: not expected - Counter((m.topic, m.payload) for m in cloud.snapshot()),
+        120,
+        "every acknowledged message at the cloud",
+    )
     got = Counter((m.topic, m.payload) for m in cloud.snapshot())
     assert not set(got) - set(expected), "a message at the cloud was never acknowledged to a device"
-    print(f"\n{len(movers)}/{LIVE_DEVICES} devices moved to a4 (window {MOVE_WINDOW_S}s, hold-down "
-          f"{HOLD_DOWN_S}s): first {arrivals[0] - spawned_at:.2f}s, last {arrivals[-1] - spawned_at:.2f}s after "
-          f"a4 was spawned; {len(acks)} acked, {sum(got.values()) - len(acks)} duplicates at the cloud")
+    print(
+        f"\n{len(movers)}/{LIVE_DEVICES} devices moved to a4 (window {MOVE_WINDOW_S}s, hold-down "
+        f"{HOLD_DOWN_S}s): first {arrivals[0] - spawned_at:.2f}s, last {arrivals[-1] - spawned_at:.2f}s after "
+        f"a4 was spawned; {len(acks)} acked, {sum(got.values()) - len(acks)} duplicates at the cloud"
+    )

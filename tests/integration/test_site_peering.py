@@ -39,7 +39,8 @@ def wait_interest(h: Harness, of: str, at: list[str], at_least: int = 1) -> None
     """Wait until brokers ``at`` know ``of``'s interest (``at_least`` filters)."""
     wait_for(
         lambda: all(peers_of(h, f"{SITE}/{b}").get(of, {}).get("interest", 0) >= at_least for b in at),
-        30, f"interest of {of} at {at}",
+        30,
+        f"interest of {of} at {at}",
     )
 
 
@@ -142,9 +143,12 @@ def test_peer_killed_and_restarted_causes_no_loop_or_duplicates(harness: Any, co
         wait_for(lambda s=sub: s.count(f"telemetry/{SITE}/marker/") == 3, 60, f"markers at {name}")
 
     expected = Counter(
-        [b"before-1-%d" % i for i in range(30)] + [b"before-3-%d" % i for i in range(30)]
-        + [b"during-1-%d" % i for i in range(30)] + [b"after-2-%d" % i for i in range(30)]
-        + [b"after-1-%d" % i for i in range(30)] + [b"end"] * 3
+        [b"before-1-%d" % i for i in range(30)]
+        + [b"before-3-%d" % i for i in range(30)]
+        + [b"during-1-%d" % i for i in range(30)]
+        + [b"after-2-%d" % i for i in range(30)]
+        + [b"after-1-%d" % i for i in range(30)]
+        + [b"end"] * 3
     )
     for name, sub in subs.items():
         got = Counter(m.payload for m in sub.snapshot())

@@ -74,8 +74,11 @@ def test_will_of_a_device_that_moved_is_suppressed_and_fires_when_it_did_not(har
     try:
         wait_for(lambda: presence_at(port_of(h, "a3")).present_at(DEVICE) == "a2", 30, "a3 sees d1 at a2")
         # a1 notices the silence after 1.5 x keep-alive and would fire the will now.
-        wait_for(lambda: h.edge_stats(f"{SITE}/a1").get("site_peers", {}).get("wills_suppressed") == 1,
-                 30, "a1 suppressed the stale will")
+        wait_for(
+            lambda: h.edge_stats(f"{SITE}/a1").get("site_peers", {}).get("wills_suppressed") == 1,
+            30,
+            "a1 suppressed the stale will",
+        )
         assert [m.payload for m in watch3.snapshot() if m.topic == STATUS] == [b"online", b"online"]
         for b in ("a1", "a2", "a3"):
             assert retained(port_of(h, b), STATUS) == {STATUS: b"online"}, b
@@ -85,8 +88,11 @@ def test_will_of_a_device_that_moved_is_suppressed_and_fires_when_it_did_not(har
 
         # Now the device goes silent at a2 and reconnects nowhere: its will is not stale.
         second.loop_stop()
-        wait_for(lambda: [m.payload for m in watch3.snapshot() if m.topic == STATUS][-1:] == [b"offline"],
-                 30, "the will reaches a3's subscriber")
+        wait_for(
+            lambda: [m.payload for m in watch3.snapshot() if m.topic == STATUS][-1:] == [b"offline"],
+            30,
+            "the will reaches a3's subscriber",
+        )
         assert h.edge_stats(f"{SITE}/a2")["site_peers"]["wills_suppressed"] == 0
         wait_for(lambda: presence_at(port_of(h, "a3")).present_at(DEVICE) is None, 30, "d1 offline everywhere")
     finally:
@@ -124,14 +130,34 @@ def test_cluster_status_reads_membership_from_a_site_broker_with_the_cloud_down(
 
     def members() -> dict[str, str]:
         out = subprocess.run(
-            [sys.executable, "-m", "edgemq", "cluster", "status", "--config", str(h.config_path), "--json",
-             "--from-site", SITE],
-            capture_output=True, text=True, timeout=60, cwd=str(h.tmp), check=True,
+            [
+                sys.executable,
+                "-m",
+                "edgemq",
+                "cluster",
+                "status",
+                "--config",
+                str(h.config_path),
+                "--json",
+                "--from-site",
+                SITE,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=str(h.tmp),
+            check=True,
         ).stdout
         return {r["component"]: r.get("member") for r in json.loads(out)}
 
-    wait_for(lambda: {k: v for k, v in members().items() if k.startswith(SITE)}
-             == {f"{SITE}.a1": "online", f"{SITE}.a2": "online", f"{SITE}.a3": "online"}, 60, "three online")
+    wait_for(
+        lambda: (
+            {k: v for k, v in members().items() if k.startswith(SITE)}
+            == {f"{SITE}.a1": "online", f"{SITE}.a2": "online", f"{SITE}.a3": "online"}
+        ),
+        60,
+        "three online",
+    )
     h.kill(f"{SITE}.a1")  # the first broker of the site: status must fall back to a2
     wait_for(lambda: members().get(f"{SITE}.a1") == "offline", 60, "a1 offline, read from a2")
 
@@ -142,15 +168,21 @@ def test_a_restarted_peers_old_presence_copies_are_cleared(harness: Any) -> None
     topic = f"edgemq/{SITE}/a2/presence/{DEVICE}"
     dev = device(port_of(h, "a2"), keepalive=30)  # no network loop: it will not reconnect by itself
     try:
-        wait_for(lambda: json.loads(retained(port_of(h, "a1"), topic).get(topic, b"{}")).get("state") == "online",
-                 30, "a1 holds a2's record of d1")
+        wait_for(
+            lambda: json.loads(retained(port_of(h, "a1"), topic).get(topic, b"{}")).get("state") == "online",
+            30,
+            "a1 holds a2's record of d1",
+        )
         h.kill(f"{SITE}.a2")
         h.start_edge(f"{SITE}/a2")
         wait_for(lambda: peers_of(h, f"{SITE}/a1").get("a2", {}).get("state") == "up", 60, "a1 linked to a2 again")
         # The restarted a2 has no record of d1 (the device did not come back): a1's copy must
         # go, not linger as 'online' nor come back as an empty retained message.
-        wait_for(lambda: topic not in retained(port_of(h, "a1"), f"edgemq/{SITE}/+/presence/+"), 30,
-                 "a1's copy of a2's old record cleared")
+        wait_for(
+            lambda: topic not in retained(port_of(h, "a1"), f"edgemq/{SITE}/+/presence/+"),
+            30,
+            "a1's copy of a2's old record cleared",
+        )
     finally:
         sock = dev.socket()
         if sock is not None:

@@ -73,9 +73,11 @@ def setup_proxied(harness: Callable[..., Harness], brokers: int = 3, **kw: Any) 
 
 def all_arrived(acks: list[Ack], arrived: Callable[[], list[Any]]) -> Callable[[], bool]:
     """A wait condition: every acknowledged message is among those arrived (duplicates don't count)."""
+
     def check() -> bool:
         got = {(m.topic, m.payload) for m in arrived()}
         return all((a.topic, a.payload) in got for a in acks)
+
     return check
 
 
@@ -105,19 +107,33 @@ def check_accounting(h: Harness, settle_s: float = 30) -> dict[str, dict[str, An
     out: dict[str, dict[str, Any]] = {}
     for b in h.cfg.sites[0].brokers:
         ref = f"{h.cfg.sites[0].id}/{b.id}"
-        wait_for(lambda ref=ref: (h.edge_stats(ref).get("buffer") or {}).get("depth_messages") == 0,
-                 settle_s, f"{ref} backlog drained")
+        wait_for(
+            lambda ref=ref: (h.edge_stats(ref).get("buffer") or {}).get("depth_messages") == 0,
+            settle_s,
+            f"{ref} backlog drained",
+        )
         buf = h.edge_stats(ref)["buffer"]
         assert buf["accepted"] == buf["forwarded"] + sum(buf["dropped"].values()) + buf["depth_messages"], buf
         assert sum(buf["dropped"].values()) == 0, buf
-        out[ref] = {"accepted": buf["accepted"], "forwarded": buf["forwarded"],
-                    "resent": h.edge_stats(ref)["uplink"]["resent"]}
+        out[ref] = {
+            "accepted": buf["accepted"],
+            "forwarded": buf["forwarded"],
+            "resent": h.edge_stats(ref)["uplink"]["resent"],
+        }
     return out
 
 
 def fleet_cfg(h: Harness, devices: int, messages: int, rate: float) -> FleetConfig:
-    return FleetConfig(site=h.cfg.sites[0], devices=devices, rate=rate, messages=messages, duration_s=200, seed=11,
-                       reconnect_min_s=0.2, reconnect_max_s=2.0)
+    return FleetConfig(
+        site=h.cfg.sites[0],
+        devices=devices,
+        rate=rate,
+        messages=messages,
+        duration_s=200,
+        seed=11,
+        reconnect_min_s=0.2,
+        reconnect_max_s=2.0,
+    )
 
 
 def test_uplink_cut_and_cloud_restart_lose_nothing(harness: Any, collectors: Any) -> None:
@@ -132,8 +148,17 @@ def test_uplink_cut_and_cloud_restart_lose_nothing(harness: Any, collectors: Any
         acked_at_cut = fleet.acked()
         wait_for(lambda: fleet.acked() > acked_at_cut + 400, 60, "devices keep being acknowledged while cut")
         # The backlog is on disk, not at the cloud.
-        wait_for(lambda: sum((h.edge_stats(f"plant-1/{b.id}").get("buffer") or {}).get("depth_messages", 0)
-                             for b in h.cfg.sites[0].brokers) > 100, 20, "backlog visible in stats")
+        wait_for(
+            lambda: (
+                sum(
+                    (h.edge_stats(f"plant-1/{b.id}").get("buffer") or {}).get("depth_messages", 0)
+                    for b in h.cfg.sites[0].brokers
+                )
+                > 100
+            ),
+            20,
+            "backlog visible in stats",
+        )
         # The cloud dies (kill -9) and comes back empty; our subscriber reconnects first.
         arrived_before = cloud.snapshot()
         h.kill("cloud")
@@ -144,8 +169,11 @@ def test_uplink_cut_and_cloud_restart_lose_nothing(harness: Any, collectors: Any
 
         result = fleet.join(240)
         assert result.stats.acked == 30 * 60, result.stats
-        wait_for(all_arrived(fleet.acks, lambda: arrived_before + cloud2.snapshot()), 120,
-                 "everything acknowledged reaches the cloud")
+        wait_for(
+            all_arrived(fleet.acks, lambda: arrived_before + cloud2.snapshot()),
+            120,
+            "everything acknowledged reaches the cloud",
+        )
         dup = check_delivery(fleet.acks, arrived_before + cloud2.snapshot())
         acct = check_accounting(h)
         print(f"outage: {len(fleet.acks)} acked, duplicates {dup['duplicates']}, per-broker {acct}")
@@ -221,8 +249,14 @@ def test_outage_with_mosquitto_cloud_mqtt5_ids(harness: Any, collectors: Any, mo
         n = fleet.acked()
         wait_for(lambda: fleet.acked() > n + 300, 60, "devices acknowledged while the uplink is down")
         # Restore only once every link has noticed the cut (so the drain really is a reconnect).
-        wait_for(lambda: all((h.edge_stats(f"plant-1/{b.id}").get("uplink") or {}).get("state") != "connected"
-                             for b in h.cfg.sites[0].brokers), 60, "links down")
+        wait_for(
+            lambda: all(
+                (h.edge_stats(f"plant-1/{b.id}").get("uplink") or {}).get("state") != "connected"
+                for b in h.cfg.sites[0].brokers
+            ),
+            60,
+            "links down",
+        )
         proxy.restore()
         result = fleet.join(240)
         assert result.stats.acked == 20 * 60
@@ -243,7 +277,9 @@ def test_outage_with_mosquitto_cloud_mqtt5_ids(harness: Any, collectors: Any, mo
         # distinct ids for the same bytes are the device re-sending after a lost PUBACK.
         bridge_dups = len(arrived) - len(content_of)
         check_accounting(h)
-        print(f"mosquitto outage: {len(fleet.acks)} acked, duplicates {dup['duplicates']} "
-              f"({bridge_dups} bridge re-sends with the same id)")
+        print(
+            f"mosquitto outage: {len(fleet.acks)} acked, duplicates {dup['duplicates']} "
+            f"({bridge_dups} bridge re-sends with the same id)"
+        )
     finally:
         proxy.close()

@@ -51,8 +51,7 @@ def test_backlog_of_20000_drains_in_order_into_mosquitto(harness: Any, collector
     cloud = collectors(host, port, ["telemetry/#"], v5=True)
     h.start_edge("plant-1/a1")
     wait_for(lambda: cloud.count("telemetry/") >= N, 300, f"{N} messages at mosquitto", interval=0.5)
-    wait_for(lambda: (h.edge_stats("plant-1/a1").get("buffer") or {}).get("depth_messages") == 0, 30,
-             "buffer empty")
+    wait_for(lambda: (h.edge_stats("plant-1/a1").get("buffer") or {}).get("depth_messages") == 0, 30, "buffer empty")
     got = cloud.snapshot()
     ids = [m.properties.get("edgemq-id") for m in got]
     assert all(ids), "a message arrived without its stable id"

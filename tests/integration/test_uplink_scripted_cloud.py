@@ -57,14 +57,15 @@ async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return first, await reader.readexactly(n)
 
 
-async def run_against(script: Script, store: Any, until: Callable[[Uplink], bool],
-                      inject: Any = None) -> Uplink:
+async def run_against(script: Script, store: Any, until: Callable[[Uplink], bool], inject: Any = None) -> Uplink:
     server = await asyncio.start_server(script, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     uplink = Uplink(
         cloud=CloudConfig(embedded=False, host="127.0.0.1", port=port),
         bridge=BridgeConfig(reconnect_min_s=0.1, reconnect_max_s=0.2, inflight=10),
-        site="plant-1", broker_id="a1", store=store,
+        site="plant-1",
+        broker_id="a1",
+        store=store,
         inject=inject or (lambda *a: asyncio.sleep(0)),
     )
     task = asyncio.create_task(uplink.run())

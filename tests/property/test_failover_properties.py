@@ -137,8 +137,9 @@ settings_st = st.builds(
 
 @settings(max_examples=300, deadline=None)
 @given(worlds(settle=False), settings_st, st.integers(0, 2**32))
-def test_attempts_follow_the_preference_list(w: tuple[tuple[str, ...], World, float], cfg: FailoverSettings,
-                                             seed: int) -> None:
+def test_attempts_follow_the_preference_list(
+    w: tuple[tuple[str, ...], World, float], cfg: FailoverSettings, seed: int
+) -> None:
     pref, world, end = w
     tr = drive(pref, cfg, seed, world, end + 60)
     prev: tuple[int, bool] | None = None
@@ -163,8 +164,9 @@ def _event_before_attempts(tr: Trace) -> list[str]:
 
 @settings(max_examples=300, deadline=None)
 @given(worlds(settle=False), settings_st, st.integers(0, 2**32))
-def test_never_flaps_faster_than_the_hold_down(w: tuple[tuple[str, ...], World, float], cfg: FailoverSettings,
-                                               seed: int) -> None:
+def test_never_flaps_faster_than_the_hold_down(
+    w: tuple[tuple[str, ...], World, float], cfg: FailoverSettings, seed: int
+) -> None:
     pref, world, end = w
     tr = drive(pref, cfg, seed, world, end + 60)
     for t, since in zip(tr.voluntary, tr.away_since, strict=True):
@@ -179,8 +181,9 @@ def test_never_flaps_faster_than_the_hold_down(w: tuple[tuple[str, ...], World, 
 
 @settings(max_examples=300, deadline=None)
 @given(worlds(settle=True), settings_st, st.integers(0, 2**32))
-def test_goes_home_once_the_owner_is_healthy(w: tuple[tuple[str, ...], World, float], cfg: FailoverSettings,
-                                             seed: int) -> None:
+def test_goes_home_once_the_owner_is_healthy(
+    w: tuple[tuple[str, ...], World, float], cfg: FailoverSettings, seed: int
+) -> None:
     pref, world, settled_at = w
     bound = cfg.retry_max_s + cfg.hold_down_s + 2 * cfg.probe_interval_s * (1 + cfg.probe_jitter) + 1e-6
     tr = drive(pref, cfg, seed, world, settled_at + bound + 1.0)

@@ -12,8 +12,15 @@ from simulations.capacity import Deployment, Measured, MissingFigure, plan, read
 
 
 def measured(**kw: float) -> Measured:
-    base = dict(node_e2e_msg_s=2000.0, node_cpu_us=500.0, node_drain_msg_s=3000.0, mosq_e2e_msg_s=6000.0,
-                disk_bytes_per_msg=200.0, bench_payload=100, buffer_ingest_msg_s=50_000.0)
+    base = dict(
+        node_e2e_msg_s=2000.0,
+        node_cpu_us=500.0,
+        node_drain_msg_s=3000.0,
+        mosq_e2e_msg_s=6000.0,
+        disk_bytes_per_msg=200.0,
+        bench_payload=100,
+        buffer_ingest_msg_s=50_000.0,
+    )
     base.update(kw)
     return Measured(**base, sources={"latest": "x", "buffer": "y"})  # type: ignore[arg-type]
 
@@ -58,8 +65,14 @@ def test_inputs_are_read_from_the_result_files(tmp_path: Path) -> None:
         {"scenario": "drain", "kind": "edgemq", "case": "100,000", "result": {"drain_msg_per_s": 4321}},
     ]
     latest.write_text(json.dumps({"runs": runs, "started": "s", "machine": {"git": "g"}}))
-    buffer.write_text(json.dumps({"method": {"payload": 100}, "modes": {"os": {
-        "reopen": {"depth": 1000, "file_mb": 0.25}, "store_ingest": {"msg_per_s": 40_000}}}}))
+    buffer.write_text(
+        json.dumps(
+            {
+                "method": {"payload": 100},
+                "modes": {"os": {"reopen": {"depth": 1000, "file_mb": 0.25}, "store_ingest": {"msg_per_s": 40_000}}},
+            }
+        )
+    )
     m = read_measured(latest, buffer)
     assert m.node_e2e_msg_s == 600  # the slower case, median of its reps
     assert m.mosq_e2e_msg_s == 6000 and m.node_cpu_us == 321 and m.node_drain_msg_s == 4321

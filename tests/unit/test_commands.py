@@ -101,8 +101,16 @@ class Broker:
 
 
 def router(path: Path, broker: Broker, route: Route, clock: list[float]) -> DownlinkRouter:
-    return DownlinkRouter(site="p", queue=CommandQueue.open(path), inject=broker.inject, send=broker.send,
-                          listeners=broker.listeners, route=lambda device: route, ttl_s=30, clock=lambda: clock[0])
+    return DownlinkRouter(
+        site="p",
+        queue=CommandQueue.open(path),
+        inject=broker.inject,
+        send=broker.send,
+        listeners=broker.listeners,
+        route=lambda device: route,
+        ttl_s=30,
+        clock=lambda: clock[0],
+    )
 
 
 def test_router_queues_for_the_keeper_and_flushes_in_order(tmp_path: Path) -> None:
@@ -169,9 +177,17 @@ def test_router_decides_only_once_the_site_view_is_settled(tmp_path: Path) -> No
         b = Broker()
         route = [Route.QUEUE]  # before presence is in: "keep it"
         settled = [False]
-        r = DownlinkRouter(site="p", queue=CommandQueue.open(tmp_path / "c.sqlite3"), inject=b.inject,
-                           send=b.send, listeners=b.listeners, route=lambda device: route[0], ttl_s=30,
-                           settled=lambda: settled[0], settle_max_s=60)
+        r = DownlinkRouter(
+            site="p",
+            queue=CommandQueue.open(tmp_path / "c.sqlite3"),
+            inject=b.inject,
+            send=b.send,
+            listeners=b.listeners,
+            route=lambda device: route[0],
+            ttl_s=30,
+            settled=lambda: settled[0],
+            settle_max_s=60,
+        )
         offer = asyncio.create_task(r.offer("commands/p/d1/a", b"1", 1, False))
         await asyncio.sleep(0.3)
         assert not offer.done()  # held: not decided yet
@@ -182,9 +198,17 @@ def test_router_decides_only_once_the_site_view_is_settled(tmp_path: Path) -> No
         await r.offer("commands/p/d2/a", b"2", 1, False)  # settled for good: no more waiting
         assert r.held_at_start == 1
 
-        never = DownlinkRouter(site="p", queue=CommandQueue.open(tmp_path / "d.sqlite3"), inject=b.inject,
-                               send=b.send, listeners=b.listeners, route=lambda device: Route.QUEUE, ttl_s=30,
-                               settled=lambda: False, settle_max_s=0.2)
+        never = DownlinkRouter(
+            site="p",
+            queue=CommandQueue.open(tmp_path / "d.sqlite3"),
+            inject=b.inject,
+            send=b.send,
+            listeners=b.listeners,
+            route=lambda device: Route.QUEUE,
+            ttl_s=30,
+            settled=lambda: False,
+            settle_max_s=0.2,
+        )
         await asyncio.wait_for(never.offer("commands/p/d3/a", b"3", 1, False), 5)  # the wait runs out
         assert never.counts["queued"] == 1
         r.close()

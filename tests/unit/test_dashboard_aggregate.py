@@ -9,11 +9,17 @@ from edgemq.dashboard.aggregate import Aggregator
 
 
 def stats(ts: float, messages_in: int, depth: int = 0, forwarded: int = 0, **kw: Any) -> bytes:
-    return json.dumps({"ts": ts, "messages_in": messages_in, "clients": 3, "uplink": {"state": "connected",
-                       "connects": 2, "forwarded": forwarded},
-                       "buffer": {"depth_messages": depth, "oldest_age_s": 1.5 if depth else None,
-                                  "dropped": {"expired": 1}},
-                       "ownership": {"owned": 2, "foreign": 1, "unknown": 0}, **kw}).encode()
+    return json.dumps(
+        {
+            "ts": ts,
+            "messages_in": messages_in,
+            "clients": 3,
+            "uplink": {"state": "connected", "connects": 2, "forwarded": forwarded},
+            "buffer": {"depth_messages": depth, "oldest_age_s": 1.5 if depth else None, "dropped": {"expired": 1}},
+            "ownership": {"owned": 2, "foreign": 1, "unknown": 0},
+            **kw,
+        }
+    ).encode()
 
 
 def test_health_online_isolated_offline() -> None:

@@ -30,8 +30,11 @@ def documented(path: str, text: str) -> bool:
     if path in text:
         return True
     group, _, leaf = path.rpartition(" ")
-    return any(group in line and re.search(rf"\b{re.escape(leaf)}\b", line.split(group, 1)[1])
-               for line in text.splitlines() if group in line)
+    return any(
+        group in line and re.search(rf"\b{re.escape(leaf)}\b", line.split(group, 1)[1])
+        for line in text.splitlines()
+        if group in line
+    )
 
 
 def test_every_command_is_in_the_readme() -> None:
@@ -51,8 +54,11 @@ def field_paths(model: type, prefix: str = "") -> list[str]:
     """Leaf options of the cluster file (sections themselves are not options)."""
     out = []
     for name, field in model.model_fields.items():  # type: ignore[attr-defined]
-        nested = [a for a in (*getattr(field.annotation, "__args__", ()), field.annotation)
-                  if isinstance(a, type) and hasattr(a, "model_fields")]
+        nested = [
+            a
+            for a in (*getattr(field.annotation, "__args__", ()), field.annotation)
+            if isinstance(a, type) and hasattr(a, "model_fields")
+        ]
         if not nested:
             out.append(prefix + name)
         for arg in nested:
@@ -62,8 +68,9 @@ def field_paths(model: type, prefix: str = "") -> list[str]:
 
 def test_every_cluster_option_is_in_the_example_file() -> None:
     example = (ROOT / "cluster.example.toml").read_text()
-    missing = [p for p in field_paths(ClusterConfig) if not re.search(r"\b" + re.escape(p.split(".")[-1]) + r"\b",
-                                                                       example)]
+    missing = [
+        p for p in field_paths(ClusterConfig) if not re.search(r"\b" + re.escape(p.split(".")[-1]) + r"\b", example)
+    ]
     assert not missing, f"options missing from cluster.example.toml: {missing}"
 
 

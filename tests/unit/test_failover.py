@@ -75,9 +75,7 @@ def test_a_failed_probe_restarts_the_hold_down() -> None:
     p = policy(FailoverSettings(probe_interval_s=1.0, probe_jitter=0.0, hold_down_s=3.0))
     p.connect_failed("a1", 0.0)
     p.connected("a2", 0.0)
-    assert [p.probe_result(ok, t) for ok, t in [(True, 1), (True, 2), (False, 3), (True, 4), (True, 5)]] == [
-        False
-    ] * 5
+    assert [p.probe_result(ok, t) for ok, t in [(True, 1), (True, 2), (False, 3), (True, 4), (True, 5)]] == [False] * 5
     assert p.probe_result(True, 6) is False
     assert p.probe_result(True, 7) is True  # healthy since 4, for 3 s
 

@@ -101,9 +101,10 @@ def test_connecting_device_walks_from_the_new_owner_and_a_dropped_broker_is_tole
 
 
 def site(weights: dict[str, float]) -> SiteConfig:
-    return SiteConfig(id="plant-1", brokers=[
-        BrokerConfig(id=b, port=20000 + i, weight=w) for i, (b, w) in enumerate(sorted(weights.items()))
-    ])
+    return SiteConfig(
+        id="plant-1",
+        brokers=[BrokerConfig(id=b, port=20000 + i, weight=w) for i, (b, w) in enumerate(sorted(weights.items()))],
+    )
 
 
 def test_site_from_ring_document_reads_the_new_broker_and_rejects_garbage() -> None:
@@ -113,9 +114,14 @@ def test_site_from_ring_document_reads_the_new_broker_and_rejects_garbage() -> N
     assert got is not None and got.broker("a4").port == new.broker("a4").port and got.broker("a4").weight == 2
     assert [b.id for b in preference(got, "dev-0001")] == [b.id for b in preference(new, "dev-0001")]
     other = new.model_copy(update={"id": "plant-2"})
-    for bad in (b"", b"{", b"[]", json.dumps(ring_document(other)).encode(),
-                json.dumps({"site": "plant-1", "brokers": [{"id": "a1"}]}).encode(),
-                json.dumps(ring_document(site({"a1": 0}))).encode()):
+    for bad in (
+        b"",
+        b"{",
+        b"[]",
+        json.dumps(ring_document(other)).encode(),
+        json.dumps({"site": "plant-1", "brokers": [{"id": "a1"}]}).encode(),
+        json.dumps(ring_document(site({"a1": 0}))).encode(),
+    ):
         assert site_from_ring_document(old, bad) is None, bad
 
 
@@ -128,8 +134,11 @@ def test_ring_document_digest_tells_rings_apart() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(devices=st.lists(st.integers(1, 10_000), min_size=1, max_size=30, unique=True),
-       weight=st.sampled_from([0.5, 1.0, 2.0]), seed=st.integers(0, 1000))
+@given(
+    devices=st.lists(st.integers(1, 10_000), min_size=1, max_size=30, unique=True),
+    weight=st.sampled_from([0.5, 1.0, 2.0]),
+    seed=st.integers(0, 1000),
+)
 def test_after_a_broker_joins_exactly_its_new_devices_move_and_only_to_it(
     devices: list[int], weight: float, seed: int
 ) -> None:

@@ -157,8 +157,9 @@ def _spec_owner(doc: dict[str, Any], key: str) -> list[str]:
 
 @pytest.mark.parametrize("weights", [{"a1": 1.0, "a2": 1.0, "a3": 1.0}, {"a1": 1.0, "a2": 2.5, "a3": 0.0, "b9": 3.0}])
 def test_ring_document_spec_reproduces_the_ring(weights: dict[str, float]) -> None:
-    site = SiteConfig(id=SITE, brokers=[BrokerConfig(id=b, port=22000 + i, weight=w)
-                                        for i, (b, w) in enumerate(weights.items())])
+    site = SiteConfig(
+        id=SITE, brokers=[BrokerConfig(id=b, port=22000 + i, weight=w) for i, (b, w) in enumerate(weights.items())]
+    )
     doc = ring_document(site)
     doc = json.loads(json.dumps(doc))  # what a device receives
     assert ring_topic(SITE) == "edgemq/plant-1/ring"

@@ -117,8 +117,10 @@ def test_the_generated_server_certificate_verifies_with_the_generated_ca(tmp_pat
     ctx = login.ssl_context()
     assert ctx is not None
     port, t = _serve_tls_once(lay.server_cert, lay.server_key)
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
-            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
         assert tls.recv(2) == b"ok"
     t.join(5)
     # ... and does not verify against the system CAs (the check can fail).

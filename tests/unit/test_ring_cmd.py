@@ -91,8 +91,11 @@ def test_diff_adding_a_broker_moves_devices_only_to_it(tmp_path: Path) -> None:
     first = res.output.splitlines()[0]
     moved = int(first.split(": ")[1].split()[0])
     assert 400 <= moved <= 600, first  # about 1/4
-    totals = [line.split() for line in res.output.splitlines() if line.split()[-1:] and line.split()[0] in
-              {"a1", "a2", "a3"} and len(line.split()) == 3]
+    totals = [
+        line.split()
+        for line in res.output.splitlines()
+        if line.split()[-1:] and line.split()[0] in {"a1", "a2", "a3"} and len(line.split()) == 3
+    ]
     assert {t[1] for t in totals} == {"a4"}
     assert sum(int(t[2]) for t in totals) == moved
     assert "(first 5)" in res.output

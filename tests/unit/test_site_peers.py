@@ -12,10 +12,12 @@ from broker.interest import encode as encode_interest
 from broker.presence import Presence
 from broker.presence import encode as encode_presence
 
-SITE = SiteConfig.model_validate({
-    "id": "p",
-    "brokers": [{"id": f"a{i}", "host": "127.0.0.1", "port": 1 + i} for i in (1, 2, 3)],
-})
+SITE = SiteConfig.model_validate(
+    {
+        "id": "p",
+        "brokers": [{"id": f"a{i}", "host": "127.0.0.1", "port": 1 + i} for i in (1, 2, 3)],
+    }
+)
 
 
 class Clock:

@@ -12,8 +12,11 @@ from broker.topics import matches
 
 LEVEL = st.sampled_from(["a", "b", "c", "+"])
 FILTERS = st.lists(
-    st.builds(lambda levels, tail: "/".join([*levels, *(["#"] if tail else [])]) or "#",
-              st.lists(LEVEL, min_size=0, max_size=3), st.booleans()),
+    st.builds(
+        lambda levels, tail: "/".join([*levels, *(["#"] if tail else [])]) or "#",
+        st.lists(LEVEL, min_size=0, max_size=3),
+        st.booleans(),
+    ),
     max_size=40,
 )
 TOPICS = st.lists(st.sampled_from(["a", "b", "c", "d"]), min_size=1, max_size=4).map("/".join)
@@ -29,7 +32,8 @@ def test_summary_never_forwards_less(filters: list[str], topic: str, limit: int)
 
 def test_summary_drops_covered_and_dollar_filters_and_widens_past_the_limit() -> None:
     assert interest.summarize(["telemetry/p/#", "telemetry/p/d/temp", "$SYS/#", "status/p/+"]) == (
-        "status/p/+", "telemetry/p/#",
+        "status/p/+",
+        "telemetry/p/#",
     )
     many = [f"commands/p/dev-{i}/#" for i in range(300)] + ["telemetry/p/#"]
     assert interest.summarize(many) == ("commands/#", "telemetry/#")

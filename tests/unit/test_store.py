@@ -273,6 +273,7 @@ def test_a_commits_appenders_hear_of_it_before_its_readers(tmp_path: Path) -> No
     """The broker releases a commit's PUBACKs (callbacks on the append futures, then one
     ``call_soon``) before the uplink, woken by the same commit, forwards its rows: the store
     wakes readers a turn after it settles the appends (``_settle_and_wake``)."""
+
     async def body(s: Store) -> list[str]:
         order: list[str] = []
         acks = AckQueue(Outbox(lambda data: order.append("puback"), lambda: False), lambda exc: None)

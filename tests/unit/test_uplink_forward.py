@@ -212,7 +212,8 @@ def test_an_mqtt5_refusal_is_counted_not_retried_forever() -> None:
         await settle()
         sent = cloud.transport.sent()
         assert [p[3].get(wire.USER_PROPERTY) for p in sent] == [
-            [("edgemq-id", "plant-1/a1/1")], [("edgemq-id", "plant-1/a1/2")]
+            [("edgemq-id", "plant-1/a1/1")],
+            [("edgemq-id", "plant-1/a1/2")],
         ]
         cloud.puback(1, reason=0x87)  # not authorized
         cloud.puback(2)

@@ -55,7 +55,12 @@ def test_single_publish_encoder_agrees_with_the_batch_encoder(
     topic: str, payload: bytes, qos: int, retain: bool, pid: int, version: int
 ) -> None:
     one = wire.encode_publish(
-        topic, payload, qos=qos, retain=retain, packet_id=pid if qos else 0, version=version,
+        topic,
+        payload,
+        qos=qos,
+        retain=retain,
+        packet_id=pid if qos else 0,
+        version=version,
         user_properties=[("edgemq-id", "s/b/1")] if version == wire.MQTT5 else (),
     )
     batch = wire.encode_publishes([(topic, payload, qos, retain, pid if qos else 0, "s/b/1")], version=version)
@@ -69,8 +74,14 @@ def test_publish_matches_paho_bytes() -> None:
 
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     props.UserProperty = ("edgemq-id", "plant-1/a1/42")
-    ours5 = wire.encode_publish("telemetry/x", b"hello", qos=1, packet_id=7, version=wire.MQTT5,
-                                user_properties=[("edgemq-id", "plant-1/a1/42")])
+    ours5 = wire.encode_publish(
+        "telemetry/x",
+        b"hello",
+        qos=1,
+        packet_id=7,
+        version=wire.MQTT5,
+        user_properties=[("edgemq-id", "plant-1/a1/42")],
+    )
     paho_props = props.pack()  # type: ignore[no-untyped-call]
     body = b"\x00\x0btelemetry/x" + b"\x00\x07" + paho_props + b"hello"
     assert ours5 == bytes((0x32, len(body))) + body
