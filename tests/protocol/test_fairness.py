@@ -4,9 +4,10 @@ A client writes a long burst of QoS 0 PUBLISHes; while the broker works through 
 client publishes probes. The subscriber (both topics, one connection) sees the broker's
 processing order, so the flood messages that arrive between a probe's send and the probe
 itself are what the broker handled for the flooder before it got to the probe. A broker that
-serves a connection until its buffered stream is empty handles thousands (a 128 KiB stream
-buffer holds ~4,000 of these packets); one that takes turns (``broker.fastpath.FAIR_SHARE``)
-handles a few dozen. Counts, not times: the bound holds on a slow machine too.
+serves a connection until its buffered stream is empty handles the rest of the flood first (its
+reads do not suspend while the flooder keeps the stream full); one that takes turns
+(``broker.fastpath.FAIR_SHARE``) handles a few dozen, plus what the subscriber had not read yet.
+Counts, not times: the bound holds on a slow machine too.
 
 Stock amqtt is left out: its reader awaits each packet through ``asyncio.wait_for`` (a task per
 read), which hands the loop on at every packet, but at ~2,000 msg/s the flood takes minutes. The
@@ -26,8 +27,11 @@ from tests.protocol.conftest import BrokerProc, uid
 
 FLOOD = 40_000
 PROBES = 8
-PROBE_EVERY = 2_000  # flood messages seen by the subscriber between probes
-GAP_BOUND = 1_000  # flood messages the broker may handle between a probe's arrival and the probe
+PROBE_EVERY = 4_000  # flood messages seen by the subscriber between probes
+# Flood messages seen between a probe's send and its arrival. Fair: a few dozen to ~2,000 (those the
+# broker had already written when the probe went out and the subscriber had not read yet); unfair:
+# the rest of the flood, tens of thousands, and the later probes never go out during it.
+GAP_BOUND = 4_000
 
 
 @pytest.mark.brokers("edgemq", "mosquitto")
@@ -46,7 +50,10 @@ def test_a_flooding_client_does_not_hold_up_others(server: BrokerProc) -> None:
         sent_at: int | None = None  # flood messages seen when the outstanding probe was sent
         deadline = time.monotonic() + 120
         while (flood_seen < FLOOD or sent_at is not None) and time.monotonic() < deadline:
-            p = sub.recv(max(0.01, deadline - time.monotonic()))
+            try:
+                p = sub.recv(5.0)
+            except TimeoutError:
+                break  # quiet for 5 s: the flood is through (a QoS 0 message may have been dropped)
             assert p is not None, "the subscriber was disconnected"
             if p.type != P.PUBLISH:
                 continue
@@ -61,8 +68,7 @@ def test_a_flooding_client_does_not_hold_up_others(server: BrokerProc) -> None:
                 sent_at = flood_seen
                 assert prober.send(P.publish(probe_topic, b"probe", qos=0))
         sender.join(timeout=30)
-        assert flood_seen == FLOOD, f"{flood_seen} of {FLOOD} flood messages arrived"
-        assert sent_at is None, "the last probe never arrived"
+        assert sent_at is None, f"the last probe never arrived ({flood_seen} of {FLOOD} flood messages did)"
     finally:
         for w in (sub, flooder, prober):
             w.close()
